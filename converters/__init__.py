@@ -1,0 +1,1 @@
+"""Checkpoint converters between Hugging Face Qwen2.5-VL and svlm-jax."""

@@ -1,0 +1,118 @@
+"""The Qwen2 decoder with M-RoPE, GQA and q/k/v biases.
+
+One layer serves two callers:
+  * full-sequence forward / training: keys are the tokens themselves, mask [B, T, T];
+  * cached streaming: `LayerKV` carries the un-rotated cache K/V, the rotary tables of every slot,
+    and the slots where this call's tokens are written. Keys are rotated at attention time with
+    the slots' current positions, so eviction only has to renumber positions, never touch K.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from svlm_jax.config import TextConfig
+from svlm_jax.layers import RMSNorm, SwiGLU, apply_rotary, dense
+
+
+class LayerKV(NamedTuple):
+    """One layer's cache view. k, v: [B, S, KV, hd] un-rotated; cos, sin: [B, S, hd]; slots: [B, T]."""
+
+    k: Any
+    v: Any
+    cos: Any
+    sin: Any
+    slots: Any
+
+
+def gqa_attention(q, k, v, mask, num_kv: int):
+    """Grouped-query attention. q [B,T,N,H], k/v [B,S,KV,H], mask [B,T,S] bool -> [B,T,N,H].
+
+    Logits and softmax in fp32; probabilities cast back to q's dtype before the value product.
+    """
+    b, t, n, h = q.shape
+    qg = q.reshape(b, t, num_kv, n // num_kv, h)  # [B, T, KV, G, H]
+    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * h**-0.5
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = nn.softmax(logits, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
+
+
+class Attention(nn.Module):
+    cfg: TextConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv: LayerKV | None = None):
+        """x [B,T,D], cos/sin [B,T,hd] (this call's tokens), mask [B,T,S] -> (y [B,T,D], (k, v) to cache)."""
+        c = self.cfg
+        b, t, _ = x.shape
+        q = dense(c.num_attention_heads * c.head_dim, "q_proj", bias=True, dtype=self.dtype)(x)
+        k = dense(c.num_key_value_heads * c.head_dim, "k_proj", bias=True, dtype=self.dtype)(x)
+        v = dense(c.num_key_value_heads * c.head_dim, "v_proj", bias=True, dtype=self.dtype)(x)
+        q = q.reshape(b, t, c.num_attention_heads, c.head_dim)  # [B, T, N, H]
+        k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)  # [B, T, KV, H]
+        v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
+        if kv is None:
+            k_all, v_all, cos_k, sin_k = k, v, cos, sin
+        else:
+            rows = jnp.arange(b)[:, None]
+            k_all = kv.k.at[rows, kv.slots].set(k.astype(kv.k.dtype))  # [B, S, KV, H]
+            v_all = kv.v.at[rows, kv.slots].set(v.astype(kv.v.dtype))
+            cos_k, sin_k = kv.cos, kv.sin
+        q_rot = apply_rotary(q, cos[:, :, None], sin[:, :, None])
+        k_rot = apply_rotary(k_all.astype(self.dtype), cos_k[:, :, None], sin_k[:, :, None])
+        out = gqa_attention(q_rot, k_rot, v_all.astype(self.dtype), mask, c.num_key_value_heads)
+        y = dense(c.hidden_size, "o_proj", bias=False, dtype=self.dtype)(out.reshape(b, t, -1))
+        return y, (k_all, v_all)
+
+
+class DecoderLayer(nn.Module):
+    cfg: TextConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv: LayerKV | None = None):
+        c = self.cfg
+        h, new_kv = Attention(c, self.dtype, name="self_attn")(
+            RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask, kv)
+        x = x + h
+        h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)
+        return x + SwiGLU(c.hidden_size, c.intermediate_size, False, self.dtype, name="mlp")(h), new_kv
+
+
+class TextDecoder(nn.Module):
+    """Token embedding, the decoder stack, and the final norm.
+
+    `remat` recomputes each layer in the backward pass (training memory).
+    """
+
+    cfg: TextConfig
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        c = self.cfg
+        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
+                                     embedding_init=nn.initializers.normal(0.02))
+        layer_cls = nn.remat(DecoderLayer) if self.remat else DecoderLayer
+        self.layers = [layer_cls(c, self.dtype) for _ in range(c.num_hidden_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps)
+
+    def embed(self, input_ids):
+        """input_ids [B, T] int -> [B, T, D] in the compute dtype."""
+        return self.embed_tokens(input_ids).astype(self.dtype)
+
+    def attend(self, hidden):
+        """Tied head: hidden [B, T, D] -> logits [B, T, V]."""
+        return self.embed_tokens.attend(hidden)
+
+    def __call__(self, x, cos, sin, mask, kv: list[LayerKV] | None = None):
+        """x [B,T,D], cos/sin [B,T,hd], mask [B,T,S] -> (normed hidden [B,T,D], per-layer (k, v))."""
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, layer_kv = layer(x, cos, sin, mask, None if kv is None else kv[i])
+            new.append(layer_kv)
+        return self.norm(x), new
