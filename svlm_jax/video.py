@@ -1,0 +1,508 @@
+"""Video input for Qwen2.5-VL: frames in, `pixel_values` out, and a threaded per-second live stream.
+
+Three layers, each usable on its own:
+
+1. Preprocessing that reproduces transformers 4.52.4's slow `Qwen2VLImageProcessor` bit for bit:
+   `smart_resize` picks a size that is a multiple of 28 within a pixel budget, frames are resized with
+   PIL bicubic on uint8, rescaled by 1/255 (in float64, then cast to float32, as HF does), normalised
+   with the CLIP mean/std and cut into rows of 3*2*14*14 values.
+2. `read_frames` decodes a file, URL or camera with PyAV and samples it on a strict 1/fps grid.
+3. `FrameStream` turns any source into one `Second` of preprocessed frames at a time, with decoding and
+   preprocessing in a background thread so they never block the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import queue
+import re
+import threading
+from fractions import Fraction
+from typing import Any, Iterable, Iterator, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+
+# OpenAI CLIP normalisation, shared by the Qwen2-VL and Qwen2.5-VL processors.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PATCH_SIZE, TEMPORAL_PATCH_SIZE, MERGE_SIZE = 14, 2, 2
+# HF image-processor defaults (also `smart_resize`'s defaults).
+IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS = 56 * 56, 28 * 28 * 1280
+# StreamingVLM's per-frame video budget: 100 to 768 merged tokens per 2-frame grid.
+VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 100 * 28 * 28, 768 * 28 * 28
+MAX_FPS = 8  # the paper's upper bound on one H100
+DEFAULT_TIMEOUT_S = 10.0
+_EPS = 1e-6  # tolerance (seconds) when comparing float timestamps with grid times
+
+
+class VideoError(ValueError):
+    """A video source could not be opened, decoded or understood."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing (parity with transformers 4.52.4 Qwen2VLImageProcessor)
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = IMAGE_MIN_PIXELS,
+                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[int, int]:
+    """The (height, width) HF resizes a frame to: multiples of `factor`, area in [min_pixels, max_pixels].
+
+    Both sides are rounded to the nearest multiple of `factor` (Python's round, half to even, as HF);
+    if the area leaves the budget, both are rescaled by one factor keeping the aspect ratio.
+    """
+    if height < factor or width < factor:
+        raise ValueError(f"Frame of {height}x{width} pixels is too small: both sides must be at least {factor}; "
+                         f"upscale it or use a larger source.")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"Frame of {height}x{width} pixels has aspect ratio "
+                         f"{max(height, width) / min(height, width):.1f}, above the limit of 200; crop it first.")
+    if min_pixels > max_pixels:
+        raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}; pass min_pixels <= max_pixels.")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h = math.floor(height / scale / factor) * factor
+        w = math.floor(width / scale / factor) * factor
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * scale / factor) * factor
+        w = math.ceil(width * scale / factor) * factor
+    return h, w
+
+
+def _check_frames(frames, what: str = "frames") -> np.ndarray:
+    """Validate and return uint8 RGB frames [T, H, W, 3]."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"{what} must be a non-empty uint8 array [T, H, W, 3] (RGB); got dtype {frames.dtype} "
+                         f"and shape {frames.shape}.")
+    return frames
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize uint8 frames [T, H, W, 3] to [T, height, width, 3] with PIL bicubic, as HF's slow processor.
+
+    Frames already at the target size are returned unchanged (PIL would only copy them).
+    """
+    frames = _check_frames(frames)
+    if frames.shape[1:3] == (height, width):
+        return frames
+    out = [np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC)) for f in frames]
+    return np.stack(out)  # [T, height, width, 3]
+
+
+def _normalize_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """[256, 3] float32: the normalised value of every uint8 level per channel, computed HF's way."""
+    levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)  # rescale in float64, then cast
+    return (levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+# A uint8 input has 256 levels, so a gather from this table equals HF's rescale + normalise exactly.
+_CLIP_TABLE = _normalize_table(CLIP_MEAN, CLIP_STD)  # [256, 3]
+
+
+def normalize_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 frames [..., 3] -> float32 [..., 3]: x/255 then (x - CLIP_MEAN) / CLIP_STD, bit-equal to HF."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 RGB [..., 3]; got dtype {frames.dtype} and shape {frames.shape}.")
+    return _CLIP_TABLE[frames, np.arange(3)]
+
+
+def patchify_video(frames: np.ndarray, *, patch_size: int = PATCH_SIZE, temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+                   merge_size: int = MERGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise and patchify frames already at a multiple of patch_size * merge_size.
+
+    frames: uint8 [T, H, W, 3]. An odd T is padded by repeating the last frame, as HF does.
+    Returns pixel_values_videos [gt*gh*gw, 3*tp*p*p] float32 in row order (t, h_blk, w_blk, mh, mw),
+    each row flattened in (C, t, y, x) order, and video_grid_thw [1, 3] int64 = (gt, gh, gw).
+    """
+    frames = _check_frames(frames)
+    t, h, w, c = frames.shape
+    unit = patch_size * merge_size
+    if h % unit or w % unit:
+        raise ValueError(f"Frames of {h}x{w} pixels are not multiples of {unit}; resize them with smart_resize + "
+                         f"resize_frames, or call preprocess_video.")
+    if t % temporal_patch_size:
+        pad = np.repeat(frames[-1:], temporal_patch_size - t % temporal_patch_size, axis=0)
+        frames = np.concatenate([frames, pad])
+        t = frames.shape[0]
+    gt, gh, gw = t // temporal_patch_size, h // patch_size, w // patch_size
+    m, p = merge_size, patch_size
+    x = frames.reshape(gt, temporal_patch_size, gh // m, m, p, gw // m, m, p, c)
+    # -> (gt, h_blk, w_blk, mh, mw, C, tp, py, px); move bytes first, normalise after (4x less memory traffic).
+    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    chan = np.arange(c).reshape(1, 1, 1, 1, 1, c, 1, 1, 1)
+    rows = _CLIP_TABLE[x, chan].reshape(gt * gh * gw, c * temporal_patch_size * p * p)  # [N, 1176]
+    return rows, np.array([[gt, gh, gw]], np.int64)
+
+
+def patchify_image(image: np.ndarray, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """One uint8 image [H, W, 3] (sides multiples of 28) -> (pixel_values [N, 1176], image_grid_thw [1, 3]).
+
+    The image is repeated to fill one temporal patch of 2 frames, as HF does. Keywords as `patchify_video`.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3]; got shape {image.shape}.")
+    return patchify_video(image[None], **kw)
+
+
+def preprocess_video(frames: np.ndarray, *, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS,
+                     patch_size: int = PATCH_SIZE, temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+                     merge_size: int = MERGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames [T, H, W, 3] -> (pixel_values_videos [N, 1176] float32, video_grid_thw [1, 3] int64).
+
+    Equal to `Qwen2VLImageProcessor(min_pixels=, max_pixels=)(images=None, videos=[frames])`: smart_resize of
+    the frame size, bicubic resize, normalise, patchify. The defaults are StreamingVLM's per-frame budget.
+    """
+    frames = _check_frames(frames)
+    h, w = smart_resize(frames.shape[1], frames.shape[2], patch_size * merge_size, min_pixels, max_pixels)
+    return patchify_video(resize_frames(frames, h, w), patch_size=patch_size,
+                          temporal_patch_size=temporal_patch_size, merge_size=merge_size)
+
+
+def preprocess_image(image: np.ndarray, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS,
+                     **kw) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 image [H, W, 3] -> (pixel_values [N, 1176] float32, image_grid_thw [1, 3] int64), as HF's images=[image].
+
+    Defaults are HF's image budget (56*56 to 28*28*1280 pixels). Keywords as `preprocess_video`.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3]; got shape {image.shape}.")
+    return preprocess_video(image[None], min_pixels=min_pixels, max_pixels=max_pixels, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Frame reading (PyAV)
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _kind(source: str) -> str:
+    if _URL.match(source):
+        return "url"
+    if source.startswith("/dev/video"):
+        return "camera"
+    return "file"
+
+
+def _looks_like_text(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return "\x00" not in text and all(ch.isprintable() or ch.isspace() for ch in text)
+
+
+def _open(source: str, kind: str, timeout: float, options: dict[str, str] | None):
+    """Open `source` with PyAV and return (container, video stream); every failure is a VideoError."""
+    if kind == "file":
+        if not os.path.exists(source):
+            raise VideoError(f"Video file not found: {source!r}; check the path.")
+        if os.path.isdir(source):
+            raise VideoError(f"{source!r} is a directory, not a video file; pass the path of a video file.")
+        if os.path.getsize(source) == 0:
+            raise VideoError(f"Video file {source!r} is empty (0 bytes); re-download or re-encode it.")
+    kw: dict[str, Any] = {"options": dict(options or {})}
+    if kind == "url":
+        kw["timeout"] = (timeout, timeout)  # (open, read) seconds, so an unreachable stream fails fast
+    if kind == "camera":
+        kw["format"] = "v4l2"
+    try:
+        container = av.open(source, **kw)
+    except (av.FFmpegError, OSError) as e:
+        if kind == "url":
+            raise VideoError(f"Could not open stream {source!r} ({e}; timeout {timeout:g} s); check that it is "
+                             f"running and that the address is right.") from e
+        if kind == "camera":
+            raise VideoError(f"Could not open camera {source!r} ({e}); check that the device exists and is not "
+                             f"in use (list devices with `v4l2-ctl --list-devices`).") from e
+        hint = " It looks like a text file." if _looks_like_text(source) else ""
+        raise VideoError(f"Could not read {source!r} as a video: it is not a video file, or it is truncated or "
+                         f"corrupt ({e}).{hint}") from e
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise VideoError(f"{source!r} has no video stream (streams: {', '.join(kinds)}); pass a source with video.")
+    return container, container.streams.video[0]
+
+
+def _grid_sample(timed: Iterable[tuple[float, float, Any]], fps: float, start: float,
+                 end: float | None) -> Iterator[tuple[float, Any]]:
+    """Sample (time, duration, frame) triples in presentation order on the grid start + k/fps.
+
+    Grid time g gets the latest frame with time <= g, which is what a live viewer sees at g; it is
+    known once a later frame arrives (or the stream ends). A grid time before the first frame gets the
+    first frame. The last frame covers [time, time + duration). Stops before `end` (exclusive).
+    """
+    k, prev = 0, None
+    for t, dur, frame in timed:
+        while True:
+            g = start + k / fps
+            if end is not None and g >= end - _EPS:
+                return
+            if t <= g + _EPS:  # this frame is shown at g, unless a later one is too
+                break
+            yield g, (prev[2] if prev is not None else frame)
+            k += 1
+        prev = (t, dur, frame)
+    if prev is None:
+        return
+    t_last, dur_last, frame = prev
+    while True:
+        g = start + k / fps
+        if end is not None and g >= end - _EPS:
+            return
+        if not (g <= t_last + _EPS or g < t_last + dur_last - _EPS):
+            return
+        yield g, frame
+        k += 1
+
+
+def _timed_av_frames(container, stream, source: str, kind: str, start: float) -> Iterator[tuple[float, float, Any]]:
+    """Decode `stream`, yielding (seconds since the stream origin, duration in seconds, av.VideoFrame)."""
+    tb = stream.time_base or Fraction(1, 1)
+    rate = stream.average_rate or stream.guessed_rate
+    default_dur = float(1 / rate) if rate else 0.0
+    seekable = kind == "file" or (kind == "url" and container.duration is not None)
+    # Files (and VOD URLs) count from the stream's start time; live sources from their first frame.
+    origin = stream.start_time if (seekable and stream.start_time is not None) else None
+    if start > 0 and seekable:
+        try:
+            container.seek((origin or 0) + int(start / tb), stream=stream, backward=True)
+        except av.FFmpegError:
+            container.seek(0, stream=stream)  # fall back to decoding from the top and skipping
+    t = 0.0
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            if frame.pts is None:  # raw streams without timestamps: count frames
+                t = i * default_dur
+            else:
+                if origin is None:
+                    origin = frame.pts
+                t = float((frame.pts - origin) * tb)
+            dur = float(frame.duration * tb) if frame.duration else default_dur
+            yield t, dur, frame
+    except av.FFmpegError as e:
+        raise VideoError(f"Decoding {source!r} failed near {t:.2f} s ({e}); the "
+                         f"{'stream broke off' if kind != 'file' else 'file is truncated or corrupt'}.") from e
+
+
+def _check_timing(fps: float, start: float, end: float | None) -> None:
+    if not fps > 0:
+        raise ValueError(f"fps must be positive; got {fps}.")
+    if start < 0:
+        raise ValueError(f"start must be >= 0 seconds; got {start}.")
+    if end is not None and end <= start:
+        raise ValueError(f"end ({end}) must be after start ({start}); pass a later end or end=None.")
+
+
+def read_frames(source: str | os.PathLike, *, fps: float = 2.0, start: float = 0.0, end: float | None = None,
+                timeout: float = DEFAULT_TIMEOUT_S,
+                options: dict[str, str] | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode a video and yield (grid time in seconds, RGB frame uint8 [H, W, 3]) on the grid start + k/fps.
+
+    source: a file path, a URL (rtsp://, http(s)://, ...) or a camera `/dev/videoN` (opened as v4l2).
+    Each grid time t gets the latest decoded frame whose timestamp is <= t. Files count time from the
+    stream start and seek to `start`; live sources count from their first frame. `end` is exclusive.
+    `timeout` bounds opening and each read of a URL; `options` go to FFmpeg (e.g. a camera's video_size).
+    The source is opened right away, so a bad source raises VideoError here, not on the first frame.
+    """
+    _check_timing(fps, start, end)
+    source = os.fspath(source)
+    kind = _kind(source)
+    container, stream = _open(source, kind, timeout, options)
+    if kind != "camera":
+        stream.thread_type = "AUTO"  # frame-parallel decoding; a camera gains nothing from it
+    return _read(container, stream, source, kind, fps, start, end)
+
+
+def _read(container, stream, source, kind, fps, start, end) -> Iterator[tuple[float, np.ndarray]]:
+    try:
+        last_frame, last_rgb, n = None, None, 0
+        for g, frame in _grid_sample(_timed_av_frames(container, stream, source, kind, start), fps, start, end):
+            if frame is not last_frame:  # a frame repeated on the grid is converted once
+                last_frame, last_rgb = frame, frame.to_ndarray(format="rgb24")
+            n += 1
+            yield g, last_rgb
+        if n == 0:
+            span = f"at or after {start} s" if end is None else f"in [{start}, {end}) s"
+            raise VideoError(f"{source!r} has no video frames {span}; check the source and the start/end times.")
+    finally:
+        container.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Live per-second stream
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Second:
+    """One second of video, ready for the vision tower.
+
+    frames: uint8 [fps, h, w, 3] after resizing to the stream's grid; pixel_values: float32 [N, 1176];
+    grid_thw: int64 [1, 3] = (ceil(fps/2), h/14, w/14). A `partial` second (the stream ended inside it)
+    holds `num_real` real frames followed by copies of the last one.
+    """
+
+    index: int
+    t0: float
+    t1: float
+    fps: int
+    frames: np.ndarray  # [fps, h, w, 3] uint8
+    pixel_values: np.ndarray  # [N, 1176] float32
+    grid_thw: np.ndarray  # [1, 3] int64
+    partial: bool = False
+    num_real: int = 0
+
+    @property
+    def second_per_grid_ts(self) -> float:
+        """Seconds covered by one temporal grid: temporal_patch_size / fps (HF's second_per_grid_ts)."""
+        return TEMPORAL_PATCH_SIZE / self.fps
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def _check_iter_frame(i: int, frame) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise VideoError(f"Frame {i} from the iterator has dtype {frame.dtype} and shape {frame.shape}; yield "
+                         f"uint8 RGB frames [H, W, 3].")
+    return frame
+
+
+class FrameStream:
+    """Per-second preprocessed video from a file, URL, camera, or any iterator of frames.
+
+    Iterating yields `Second`s covering [start + k, start + k + 1). A background thread decodes, samples on
+    the 1/fps grid, resizes every frame to the grid of the stream's first frame (smart_resize within
+    [min_pixels, max_pixels]; later frames of another size are resized to it too) and patchifies, feeding a
+    bounded queue of `queue_size` seconds. When the consumer falls behind, the thread waits, so a live source
+    is read late rather than dropped. An error in the thread is re-raised in the consumer. A stream that ends
+    inside a second yields that second padded with its last frame and `partial=True`.
+
+    source: path, URL, `/dev/videoN`, or an iterable of uint8 [H, W, 3] frames at `source_fps` frames per
+    second (frame i is at time i / source_fps). fps: frames per second fed to the model, an integer in [1, 8].
+    Use as a context manager, or call `close()`, to stop the thread early.
+    """
+
+    def __init__(self, source: str | os.PathLike | Iterable[np.ndarray], *, fps: int = 2,
+                 source_fps: float | None = None, start: float = 0.0, end: float | None = None,
+                 min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS, queue_size: int = 4,
+                 timeout: float = DEFAULT_TIMEOUT_S, options: dict[str, str] | None = None):
+        if isinstance(fps, bool) or int(fps) != fps or not 1 <= fps <= MAX_FPS:
+            raise ValueError(f"fps must be an integer from 1 to {MAX_FPS}; got {fps}.")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1; got {queue_size}.")
+        self.fps = int(fps)
+        self.start = float(start)
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        if isinstance(source, (str, os.PathLike)):
+            # Opened here, so a bad source fails in the caller's thread straight away.
+            self._sampled = read_frames(source, fps=self.fps, start=start, end=end, timeout=timeout,
+                                        options=options)
+        else:
+            if source_fps is None or not source_fps > 0:
+                raise ValueError(f"An iterator source needs its frame rate: pass source_fps > 0 (got {source_fps}).")
+            _check_timing(self.fps, start, end)
+            timed = ((i / source_fps, 1 / source_fps, f) for i, f in enumerate(source))
+            self._sampled = _grid_sample(timed, self.fps, self.start, end)
+        self.size: tuple[int, int] | None = None  # (h, w) of every frame, fixed by the first one
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="FrameStream", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- producer
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _second(self, index: int, frames: list[np.ndarray]) -> Second:
+        n = len(frames)
+        frames = frames + [frames[-1]] * (self.fps - n)
+        arr = np.stack(frames)  # [fps, h, w, 3]
+        pixels, grid = patchify_video(arr)
+        t0 = self.start + index
+        return Second(index=index, t0=t0, t1=t0 + 1.0, fps=self.fps, frames=arr, pixel_values=pixels,
+                      grid_thw=grid, partial=n < self.fps, num_real=n)
+
+    def _run(self) -> None:
+        try:
+            buf: list[np.ndarray] = []
+            index = 0
+            for i, (_, frame) in enumerate(self._sampled):
+                if self._stop.is_set():
+                    return
+                frame = _check_iter_frame(i, frame)
+                if self.size is None:
+                    self.size = smart_resize(frame.shape[0], frame.shape[1], PATCH_SIZE * MERGE_SIZE,
+                                             self.min_pixels, self.max_pixels)
+                buf.append(resize_frames(frame[None], *self.size)[0])
+                if len(buf) == self.fps:
+                    if not self._put(self._second(index, buf)):
+                        return
+                    buf, index = [], index + 1
+            if buf and not self._put(self._second(index, buf)):
+                return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            self._put(_Failure(e))
+        finally:
+            close = getattr(self._sampled, "close", None)
+            if close is not None:
+                close()  # runs read_frames' cleanup (closes the container) in this thread
+
+    # ---------------------------------------------------------------- consumer
+    def __iter__(self) -> "FrameStream":
+        return self
+
+    def __next__(self) -> Second:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._done = True
+            self._thread.join()
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self._done = True
+            raise item.exc
+        return item
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background thread and release the source; iteration then ends. Safe to call twice."""
+        self._done = True
+        self._stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout)
+
+    def __enter__(self) -> "FrameStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

