@@ -1,0 +1,1 @@
+"""Entry points: demos, training, streaming, benchmarks (run with `python -m experiments.<name>`)."""
