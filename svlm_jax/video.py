@@ -311,7 +311,8 @@ def read_frames(source: str | os.PathLike, *, fps: float = 2.0, start: float = 0
     """Decode a video and yield (grid time in seconds, RGB frame uint8 [H, W, 3]) on the grid start + k/fps.
 
     source: a file path, a URL (rtsp://, http(s)://, ...) or a camera `/dev/videoN` (opened as v4l2).
-    Each grid time t gets the latest decoded frame whose timestamp is <= t. Files count time from the
+    Each grid time t gets the latest decoded frame whose timestamp is <= t, so it is emitted once the next
+    frame has been decoded (one source frame of latency on a live source). Files count time from the
     stream start and seek to `start`; live sources count from their first frame. `end` is exclusive.
     `timeout` bounds opening and each read of a URL; `options` go to FFmpeg (e.g. a camera's video_size).
     The source is opened right away, so a bad source raises VideoError here, not on the first frame.
