@@ -1,0 +1,117 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import svlm_jax
+from svlm_jax import ModelConfig, param_shapes
+from svlm_jax.checkpoint import CONFIG_FILE, load_arrays, params_metadata, writer
+
+
+@pytest.fixture(scope="module")
+def model():
+    # Random values from the abstract shapes: cheaper than compiling init_params.
+    cfg = ModelConfig.tiny(tie_word_embeddings=False)
+    rng = np.random.default_rng(3)
+    return cfg, jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), param_shapes(cfg))
+
+
+def _snapshot(directory):
+    return sorted((str(p.relative_to(directory)), p.read_bytes() if p.is_file() else b"")
+                  for p in directory.rglob("*"))
+
+
+def test_round_trip_is_exact(model, tmp_path):
+    cfg, params = model
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text('{"model": {}}')
+    out = svlm_jax.save(tmp_path / "ckpt", cfg, params, files=[tok])
+    assert (out / "tokenizer.json").read_text() == '{"model": {}}'
+    assert json.loads((out / CONFIG_FILE).read_text()) == json.loads(json.dumps(cfg.to_json()))
+    cfg2, params2 = svlm_jax.load(out)
+    assert cfg2 == cfg
+    assert jax.tree.structure(params2) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+        assert isinstance(b, jax.Array) and b.dtype == a.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # No temp directories are left next to the checkpoint.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "tokenizer.json"]
+
+
+def test_load_casts_to_bfloat16(model, tmp_path):
+    cfg, params = model
+    svlm_jax.save(tmp_path / "ckpt", cfg, params)
+    cfg2, params2 = svlm_jax.load(tmp_path / "ckpt", dtype=jnp.bfloat16)
+    assert cfg2 == cfg.replace(dtype="bfloat16")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+        assert b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a.astype(jnp.bfloat16)), np.asarray(b))
+    # A bf16 checkpoint keeps bf16 when loaded without a dtype.
+    svlm_jax.save(tmp_path / "bf16", cfg2, params2)
+    assert {str(dt) for _, dt in params_metadata(tmp_path / "bf16").values()} == {"bfloat16"}
+    cfg3, params3 = svlm_jax.load(tmp_path / "bf16")
+    assert cfg3.dtype == "bfloat16" and {x.dtype for x in jax.tree.leaves(params3)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_overwrite_refused_then_allowed(model, tmp_path):
+    cfg, params = model
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="non-empty directory"):
+        svlm_jax.save(target, cfg, params)
+    assert _snapshot(target) == [("notes.txt", b"keep me")]
+    svlm_jax.save(target, cfg, params, overwrite=True)
+    assert not (target / "notes.txt").exists() and svlm_jax.load(target)[0] == cfg
+    (tmp_path / "empty").mkdir()
+    svlm_jax.save(tmp_path / "empty", cfg, params)  # an empty directory is not refused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "empty"]
+
+
+def test_failed_save_leaves_nothing(model, tmp_path):
+    cfg, params = model
+    bad = jax.tree.map(lambda x: x, params)
+    bad["text"]["norm"]["scale"] = jnp.ones((3,))
+    with pytest.raises(ValueError, match=r"'text/norm/scale' has shape \(3,\), config expects \(64,\)"):
+        svlm_jax.save(tmp_path / "ckpt", cfg, bad)
+    del bad["text"]["norm"]
+    with pytest.raises(KeyError, match="never written, first 'text/norm/scale'"):
+        svlm_jax.save(tmp_path / "ckpt", cfg, bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_bad_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No svlm-jax checkpoint at .*does not exist"):
+        svlm_jax.load(tmp_path / "nowhere")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="No svlm-jax checkpoint at .*has no svlm_config.json"):
+        svlm_jax.load(tmp_path / "plain")
+
+
+def test_load_rejects_config_mismatch(model, tmp_path):
+    cfg, params = model
+    svlm_jax.save(tmp_path / "ckpt", cfg, params)
+    other = cfg.replace(text=cfg.text.__class__(**{**cfg.to_json()["text"], "mrope_section": (2, 3, 3),
+                                                   "intermediate_size": 96}))
+    (tmp_path / "ckpt" / CONFIG_FILE).write_text(json.dumps(other.to_json()))
+    with pytest.raises(ValueError, match=r"'text/layers_0/mlp/down_proj/kernel' is \(128, 64\), config expects"):
+        svlm_jax.load(tmp_path / "ckpt")
+
+
+def test_writer_in_pieces_and_partial_read(model, tmp_path):
+    cfg, params = model
+    flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(params)}
+    names = sorted(flat)
+    with writer(tmp_path / "ckpt", cfg) as add:
+        for i in range(0, len(names), 25):
+            add({n: np.asarray(flat[n]) for n in names[i:i + 25]})
+    part = load_arrays(tmp_path / "ckpt", ["lm_head/kernel", "text/norm/scale"], dtype="bfloat16")
+    assert sorted(part) == ["lm_head/kernel", "text/norm/scale"]
+    assert part["lm_head/kernel"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(part["lm_head/kernel"], np.asarray(flat["lm_head/kernel"]).astype(jnp.bfloat16))
+    _, loaded = svlm_jax.load(tmp_path / "ckpt")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
