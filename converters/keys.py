@@ -127,29 +127,71 @@ def unflatten(flat: Mapping[str, object]) -> dict:
     return out
 
 
-def state_dict_to_params(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
-    """A whole in-memory HF state dict (numpy values) -> params tree, with full key/shape checks."""
-    from svlm_jax.model import param_shapes
+class KeyChecker:
+    """Checks HF tensors against a config as they stream past, one (key, shape) at a time.
 
-    want = flatten(param_shapes(cfg))
-    flat = {}
-    for key, value in state.items():
+    `take` maps one key (either naming) to its params path, or to None for a tied checkpoint's
+    redundant `lm_head.weight` (the caller then checks it equals the embedding); `finish` reports
+    what never came. Every error names the key, and for shape errors both shapes.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.want = expected_hf_shapes(cfg)  # legacy key -> torch shape
+        self.seen: dict[str, str] = {}  # legacy key -> the key as written in the checkpoint
+
+    def take(self, key: str, shape: tuple[int, ...]) -> tuple[str | None, str]:
+        """(key, torch shape) -> (params path or None for a tied lm_head, transform name)."""
         hit = match(key)
         if hit is None:
             raise KeyError(f"Unmapped checkpoint key {key!r}: no rule in converters/keys.py covers it.")
-        path, transform = hit
-        if path in flat:
-            raise KeyError(f"Duplicate checkpoint key {key!r}: {path} was already filled.")
-        if path not in want:
-            raise KeyError(f"Checkpoint key {key!r} maps to {path}, which this config does not have.")
-        arr = TO_JAX[transform](np.asarray(value))
-        if tuple(arr.shape) != tuple(want[path].shape):
-            raise ValueError(f"Shape mismatch for {key!r}: checkpoint gives {tuple(arr.shape)} after "
-                             f"'{transform}', config expects {tuple(want[path].shape)}.")
-        flat[path] = arr
-    missing = sorted(set(want) - set(flat))
-    if missing:
-        raise KeyError(f"Checkpoint is missing {len(missing)} tensors, first {hf_key_for(missing[0])[0]!r}.")
+        legacy = normalize_key(key)
+        if legacy in self.seen:
+            raise KeyError(f"Duplicate checkpoint tensor: {key!r} and {self.seen[legacy]!r} are the same "
+                           f"weight ({legacy}); keep one naming form.")
+        self.seen[legacy] = key
+        shape = tuple(int(d) for d in shape)
+        if legacy == "lm_head.weight" and self.cfg.text.tie_word_embeddings:
+            embed_shape = self.want["model.embed_tokens.weight"]
+            if shape != embed_shape:
+                raise ValueError(f"Shape mismatch for {key!r}: checkpoint has {shape}, the tied embedding "
+                                 f"expects {embed_shape}.")
+            return None, "copy"
+        if legacy not in self.want:
+            raise KeyError(f"Checkpoint key {key!r} ({hit[0]}) has no place in this config; check that "
+                           f"config.json belongs to these weights.")
+        if shape != self.want[legacy]:
+            raise ValueError(f"Shape mismatch for {key!r}: checkpoint has {shape}, config expects "
+                             f"{self.want[legacy]}.")
+        return hit
+
+    def finish(self) -> None:
+        """Raise if any tensor the config needs never came."""
+        missing = [k for k in self.want if k not in self.seen]
+        if missing:
+            raise KeyError(f"Checkpoint is missing {len(missing)} tensor(s), first {missing[0]!r} with shape "
+                           f"{self.want[missing[0]]}.")
+
+
+def to_jax(value: np.ndarray, transform: str) -> np.ndarray:
+    """One HF tensor -> its params layout (a contiguous copy; dtype unchanged)."""
+    return np.ascontiguousarray(TO_JAX[transform](np.asarray(value)))
+
+
+def state_dict_to_params(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
+    """A whole in-memory HF state dict (numpy values) -> params tree, with full key/shape checks."""
+    checker = KeyChecker(cfg)
+    flat = {}
+    for key, value in state.items():
+        path, transform = checker.take(key, np.shape(value))
+        if path is None:
+            embed = state.get("model.embed_tokens.weight", state.get("model.language_model.embed_tokens.weight"))
+            if embed is None or not np.array_equal(np.asarray(value), np.asarray(embed)):
+                raise ValueError(f"{key!r} differs from the token embedding but the config ties them; set "
+                                 f"tie_word_embeddings to false in config.json.")
+            continue
+        flat[path] = to_jax(value, transform)
+    checker.finish()
     return unflatten(flat)
 
 
