@@ -1,0 +1,471 @@
+"""The streaming cache: one immutable pytree on the device, and its bookkeeping on the host.
+
+Every stream owns S slots, laid out statically from a `StreamConfig` alone:
+
+    [ prefix | query | text sink | vision ring: V rows of R slots | text ring ]
+      \\______ sinks ____________/
+
+  * prefix: the system block, the previous-text header `<|im_start|>previous text\\n` and its tail
+    `<|im_end|>\\n`. Written once.
+  * query: the query of the first second. While that second is in the vision window the query is
+    ordered inside its user block; afterwards it is dropped, or pinned (kept) with `keep_query`.
+  * text sink: the first `text_sink` tokens of older commentary.
+  * vision ring: one row per second of the last `vision_window` seconds. A row holds the round's user
+    block (`<|im_start|>user\\nTime=a-bs<|vision_start|>` + vision + `<|vision_end|><|im_end|>\\n`), the
+    assistant header, the commentary content and its `<|im_end|>\\n` tail. Second t uses row t % V.
+  * text ring: the last `text_window` tokens of older commentary; older token j lives in ring slot
+    (j - text_sink) % text_window, so overflow overwrites the oldest.
+
+When a second leaves the vision window its commentary content (minus the trailing " ..." placeholder)
+becomes older commentary: the K/V of those slots are copied into the text sink or ring, never
+recomputed, and the row is reused. Format tokens of the turn are dropped.
+
+Device side (`StreamCache`): per layer the un-rotated K and V [B, S, KV, hd], plus per slot the index in
+logical order (`order`, -1 = empty), the M-RoPE position (`pos`) and the token id (`tokens`). Causality is
+`order[key] <= order[query]`; keys are rotated at attention time with `pos`, so renumbering positions
+never touches K.
+
+Host side (`HostStream`, numpy): which token sits in which slot, its logical key, and the rotary unit it
+belongs to. Each second it evicts, places the new tokens, renumbers positions and hands the device the
+new metadata tables, the K/V moves and the list of tokens to prefill.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from svlm_jax.config import ModelConfig
+from svlm_jax.rope import vision_block_positions
+
+POS_MODES = ("contiguous", "native")
+
+# Logical bands, in order. A slot's logical key is band << _BAND_SHIFT | seq.
+_HEAD, _OLDER, _TAIL, _PINNED, _ROUND = range(5)
+_BAND_SHIFT = 44
+
+
+def _key(band: int, seq) -> Any:
+    return (np.int64(band) << _BAND_SHIFT) + np.asarray(seq, np.int64)
+
+
+class CacheFull(RuntimeError):
+    """Raised when a stream needs more slots than its cache holds (full attention past its memory cap)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """Retention policy and capacities of the streaming cache. The cache's shapes follow from it alone.
+
+    vision_window: seconds of vision (user blocks and their commentary turns) kept, current included.
+    text_sink / text_window: the first / last tokens of older commentary kept (previous text counts).
+    max_new_tokens: the most tokens generated per second.
+    vision_tokens: the most merged vision tokens of one second (720 for 720p at 2 FPS, at most 768).
+    round_tokens: the most text tokens of one round besides its vision tokens and the query
+        (user header with time stamp, vision markers, assistant header).
+    prefix_tokens: room for the system block and the previous-text header and tail.
+    query_tokens: room for the query of the first second.
+    keep_query: pin the query in the sinks instead of dropping it with the first second.
+    pos_mode: "contiguous" renumbers positions from 0 every second; "native" keeps them growing.
+    evict: False disables eviction (full attention); a full cache then raises CacheFull.
+    """
+
+    vision_window: int = 16
+    text_sink: int = 512
+    text_window: int = 512
+    max_new_tokens: int = 20
+    vision_tokens: int = 768
+    round_tokens: int = 40
+    prefix_tokens: int = 64
+    query_tokens: int = 128
+    keep_query: bool = False
+    pos_mode: str = "contiguous"
+    evict: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.vision_window >= 1, f"vision_window must be >= 1 second, got {self.vision_window}"),
+            (self.text_sink >= 0 and self.text_window >= 0,
+             f"text_sink and text_window must be >= 0, got {self.text_sink} and {self.text_window}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.vision_tokens >= 1, f"vision_tokens must be >= 1, got {self.vision_tokens}"),
+            (self.round_tokens >= 8, f"round_tokens must be >= 8, got {self.round_tokens}"),
+            (self.prefix_tokens >= 1 and self.query_tokens >= 0,
+             f"prefix_tokens must be >= 1 and query_tokens >= 0, got {self.prefix_tokens} and {self.query_tokens}"),
+            (self.pos_mode in POS_MODES, f"pos_mode must be one of {POS_MODES}, got {self.pos_mode!r}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"Invalid StreamConfig: {msg}.")
+
+    def replace(self, **kw) -> "StreamConfig":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def layout(self) -> "CacheLayout":
+        return CacheLayout.of(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheLayout:
+    """Slot ranges of one stream (all static ints). See the module docstring for the picture."""
+
+    prefix: int  # first slot of the prefix region (always 0)
+    query: int
+    sink: int
+    rows: int
+    ring: int
+    size: int  # S, the number of slots
+    row_len: int  # R
+    num_rows: int  # V
+    prompt_len: int  # slots of a row's user block + assistant header
+    content: int  # offset of the content area inside a row
+    tail: int  # offset of the <|im_end|>\n tail inside a row
+    chunk: int  # T, tokens per prefill call: one second's tail + prompt
+
+    @classmethod
+    def of(cls, s: StreamConfig) -> "CacheLayout":
+        prompt = s.round_tokens + s.vision_tokens
+        row = prompt + s.max_new_tokens + 2
+        query = s.prefix_tokens
+        sink = query + s.query_tokens
+        rows = sink + s.text_sink
+        ring = rows + s.vision_window * row
+        return cls(prefix=0, query=query, sink=sink, rows=rows, ring=ring, size=ring + s.text_window, row_len=row,
+                   num_rows=s.vision_window, prompt_len=prompt, content=prompt, tail=prompt + s.max_new_tokens,
+                   chunk=prompt + 2)
+
+    def row_start(self, second: int) -> int:
+        """First slot of the row that holds `second`."""
+        return self.rows + (second % self.num_rows) * self.row_len
+
+
+# ------------------------------------------------------------------------------------------ device
+@flax.struct.dataclass
+class StreamCache:
+    """The device cache of B streams with S slots each.
+
+    k, v: per layer [B, S, KV, hd], K un-rotated; order: [B, S] int32, index of the slot in logical
+    order (-1 = empty); pos: [B, S, 3] float32, the (t, h, w) M-RoPE position; tokens: [B, S] int32 ids.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    order: jax.Array
+    pos: jax.Array
+    tokens: jax.Array
+
+
+def init_cache(cfg: ModelConfig, scfg: StreamConfig, batch: int, dtype=None) -> StreamCache:
+    """An empty cache for `batch` streams; K/V in `dtype` (default: the model's compute dtype)."""
+    t, s = cfg.text, scfg.layout.size
+    dt = cfg.compute_dtype if dtype is None else dtype
+    shape = (batch, s, t.num_key_value_heads, t.head_dim)  # [B, S, KV, hd]
+    zeros = tuple(jnp.zeros(shape, dt) for _ in range(t.num_hidden_layers))
+    zeros_v = tuple(jnp.zeros(shape, dt) for _ in range(t.num_hidden_layers))
+    return StreamCache(k=zeros, v=zeros_v, order=jnp.full((batch, s), -1, jnp.int32),
+                       pos=jnp.zeros((batch, s, 3), jnp.float32), tokens=jnp.full((batch, s), -1, jnp.int32))
+
+
+def cache_bytes(cfg: ModelConfig, scfg: StreamConfig, batch: int = 1, dtype=None) -> int:
+    """Bytes of the device cache for this config, computed from shapes alone (nothing is allocated)."""
+    shapes = jax.eval_shape(lambda: init_cache(cfg, scfg, batch, dtype))
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(shapes)))
+
+
+def tree_bytes(tree) -> int:
+    """Bytes held by the array leaves of a pytree."""
+    return int(sum(x.nbytes for x in jax.tree_util.tree_leaves(tree)))
+
+
+# ------------------------------------------------------------------------------------------ host
+@dataclasses.dataclass
+class RoundPlan:
+    """What the device does for one stream in one second.
+
+    new_slots/new_tokens/new_vision: tokens to prefill in logical order ([n] each; vision index into the
+    second's features, -1 for text); move_src/move_dst: K/V copies done before the prefill;
+    base_slot/base_order/base_pos: slot, logical index and position of the first generated token.
+    """
+
+    new_slots: np.ndarray
+    new_tokens: np.ndarray
+    new_vision: np.ndarray
+    move_src: np.ndarray
+    move_dst: np.ndarray
+    base_slot: int
+    base_order: int
+    base_pos: float
+
+
+@dataclasses.dataclass
+class _Row:
+    second: int
+    content_slots: list[int]
+    content_ids: list[int]
+    query_slots: list[int]
+
+
+class HostStream:
+    """Host bookkeeping of one stream: the slot table, the retention policy and position numbering.
+
+    Arrays over the S slots: tok (id, -1 empty), key (logical key, -1 empty), head (key of the first slot
+    of the slot's rotary unit: a whole vision block, or the token itself for text), rel [S, 3] (position
+    offset inside the unit), ext (the unit's extent: 1 for text, max offset + 1 for vision), npos [S, 3]
+    (native positions, fixed when written), vis (index inside its second's vision block, -1 for text).
+    Nothing here grows with the stream's length.
+    """
+
+    def __init__(self, scfg: StreamConfig, *, im_end: int, newline: int, silence: Sequence[int],
+                 spatial_merge_size: int, tokens_per_second: float):
+        self.scfg, self.layout = scfg, scfg.layout
+        self.im_end, self.newline, self.silence = int(im_end), int(newline), [int(i) for i in silence]
+        self.merge, self.tps = spatial_merge_size, float(tokens_per_second)
+        s = self.layout.size
+        self.tok = np.full(s, -1, np.int32)
+        self.key = np.full(s, -1, np.int64)
+        self.head = np.full(s, -1, np.int64)
+        self.rel = np.zeros((s, 3), np.float64)
+        self.ext = np.ones(s, np.float64)
+        self.npos = np.zeros((s, 3), np.float64)
+        self.vis = np.full(s, -1, np.int32)
+        self.rows: list[_Row | None] = [None] * self.layout.num_rows
+        self.second = 0  # index of the next second
+        self.n_older = 0  # older-commentary tokens so far (j of the next one)
+        self.seq = 0  # next key of the rounds band
+        self.cursor = 0.0  # native position of the next token
+        self._new: list[int] = []  # slots written since the last plan, in logical order
+        self._started = False
+
+    # ---------------------------------------------------------------- writes
+    def _write(self, slot: int, tok: int, key, *, rel=(0.0, 0.0, 0.0), head=None, ext: float = 1.0,
+               vis: int = -1) -> None:
+        self.tok[slot], self.key[slot] = tok, key
+        self.head[slot] = key if head is None else head
+        self.rel[slot], self.ext[slot], self.vis[slot] = rel, ext, vis
+        self.npos[slot] = self.cursor + np.asarray(rel)
+        self._new.append(slot)
+
+    def _text(self, slot: int, tok: int, key) -> None:
+        self._write(slot, tok, key)
+        self.cursor += 1
+
+    def _clear(self, lo: int, hi: int) -> None:
+        self.tok[lo:hi], self.key[lo:hi], self.vis[lo:hi] = -1, -1, -1
+
+    def _older_slot(self, j: int) -> int | None:
+        s, lay = self.scfg, self.layout
+        if j < s.text_sink:
+            return lay.sink + j
+        if s.text_window:
+            return lay.ring + (j - s.text_sink) % s.text_window
+        return None
+
+    def start(self, head: Sequence[int], previous: Sequence[int], tail: Sequence[int]) -> None:
+        """Place the system block + previous-text header (`head`), older commentary given at the start
+        (`previous`, kept as its first text_sink and last text_window tokens) and the block's `tail`.
+        They are prefilled with the first second."""
+        s = self.scfg
+        if self._started:
+            raise RuntimeError("HostStream.start was already called for this stream.")
+        if len(head) + len(tail) > s.prefix_tokens:
+            raise ValueError(f"The system prompt and previous-text header take {len(head) + len(tail)} tokens but "
+                             f"StreamConfig.prefix_tokens is {s.prefix_tokens}; raise prefix_tokens or shorten "
+                             f"the system prompt.")
+        self._started = True
+        for i, t in enumerate(head):
+            self._text(self.layout.prefix + i, t, _key(_HEAD, i))
+        n = len(previous)
+        keep_first = min(n, s.text_sink)
+        keep_last = min(n - keep_first, s.text_window)
+        # Older token j keeps its index in the whole previous text, so ring slots stay consistent.
+        for j in list(range(keep_first)) + list(range(n - keep_last, n)):
+            self._text(self._older_slot(j), previous[j], _key(_OLDER, j))
+        self.n_older = n
+        for i, t in enumerate(tail):
+            self._text(self.layout.prefix + len(head) + i, t, _key(_TAIL, i))
+
+    def _evict(self, second: int, moves: list[tuple[int, int]]) -> None:
+        """Second `second` leaves the vision window: its commentary becomes older text; its row is freed."""
+        r = second % self.layout.num_rows
+        row = self.rows[r]
+        if row is None or row.second != second:
+            return
+        ids, slots = list(row.content_ids), list(row.content_slots)
+        n_sil = len(self.silence)
+        if n_sil and ids[-n_sil:] == self.silence:
+            ids, slots = ids[:-n_sil], slots[:-n_sil]
+        for src, t in zip(slots, ids):
+            j = self.n_older
+            self.n_older += 1
+            dst = self._older_slot(j)
+            if dst is None:
+                continue
+            moves.append((src, dst))
+            # Relabel: same token, same native position, new slot and logical key.
+            self.tok[dst], self.key[dst], self.head[dst] = t, _key(_OLDER, j), _key(_OLDER, j)
+            self.rel[dst], self.ext[dst], self.npos[dst], self.vis[dst] = 0.0, 1.0, self.npos[src], -1
+        lo = self.layout.row_start(second)
+        self._clear(lo, lo + self.layout.row_len)
+        for i, q in enumerate(row.query_slots):
+            if self.scfg.keep_query:
+                self.key[q] = self.head[q] = _key(_PINNED, i)
+            else:
+                self._clear(q, q + 1)
+        self.rows[r] = None
+
+    def plan(self, prompt: Sequence[int], vision_start: int, n_vision: int, grid_thw: Sequence[int],
+             second_per_grid_t: float, query_span: tuple[int, int] = (0, 0)) -> RoundPlan:
+        """Advance to the next second: evict, place the previous turn's tail and this round's `prompt`.
+
+        prompt: the round's ids (user block + assistant header, from `prompt.build_round`); its vision
+        block is prompt[vision_start : vision_start + n_vision] with patch grid `grid_thw`; the query, if
+        any, is prompt[query_span[0] : query_span[1]].
+        """
+        s, lay = self.scfg, self.layout
+        if not self._started:
+            raise RuntimeError("HostStream.start must be called before the first plan.")
+        t = self.second
+        q0, q1 = query_span
+        n_query = q1 - q0
+        if n_query > s.query_tokens:
+            raise ValueError(f"The query takes {n_query} tokens but StreamConfig.query_tokens is {s.query_tokens}; "
+                             f"raise query_tokens or shorten the query.")
+        if n_query and t != 0:
+            raise ValueError("Only the first second carries the query; pass query_span=(0, 0) afterwards.")
+        if n_vision > s.vision_tokens:
+            raise ValueError(f"Second {t} has {n_vision} vision tokens but StreamConfig.vision_tokens is "
+                             f"{s.vision_tokens}; raise vision_tokens or lower the frame resolution.")
+        if len(prompt) - n_query > lay.prompt_len:
+            raise ValueError(f"Round {t} needs {len(prompt) - n_query - n_vision} text tokens besides vision and "
+                             f"query but StreamConfig.round_tokens is {s.round_tokens}; raise round_tokens.")
+        moves: list[tuple[int, int]] = []
+        if t >= lay.num_rows:
+            if not s.evict:
+                raise CacheFull(f"The cache holds {lay.num_rows} seconds and eviction is off; second {t} does not fit.")
+            self._evict(t - lay.num_rows, moves)
+        # The previous turn's <|im_end|>\n, if its second is still in the window.
+        if t > 0:
+            prev = self.rows[(t - 1) % lay.num_rows]
+            if prev is not None and prev.second == t - 1:
+                base = lay.row_start(t - 1) + lay.tail
+                for i, tok in enumerate((self.im_end, self.newline)):
+                    self._text(base + i, tok, _key(_ROUND, self.seq))
+                    self.seq += 1
+            else:
+                self.cursor += 2  # native positions count the tail even when it was never cached
+        row0 = lay.row_start(t)
+        query_slots: list[int] = []
+        slot, i = row0, 0
+        rel = vision_block_positions(grid_thw, 0.0, spatial_merge_size=self.merge,
+                                     second_per_grid_t=second_per_grid_t, tokens_per_second=self.tps,
+                                     time_mode="float").T  # [n_vision, 3]
+        if rel.shape[0] != n_vision:
+            raise ValueError(f"grid_thw {tuple(grid_thw)} gives {rel.shape[0]} merged tokens, not {n_vision}.")
+        while i < len(prompt):
+            if i == vision_start and n_vision:
+                head, ext = _key(_ROUND, self.seq), float(rel.max()) + 1.0
+                for v in range(n_vision):
+                    self._write(slot, prompt[i + v], _key(_ROUND, self.seq), rel=rel[v], head=head, ext=ext, vis=v)
+                    self.seq += 1
+                    slot += 1
+                self.cursor += ext
+                i += n_vision
+                continue
+            if q0 <= i < q1:
+                q = lay.query + (i - q0)
+                query_slots.append(q)
+                self._text(q, prompt[i], _key(_ROUND, self.seq))
+            else:
+                self._text(slot, prompt[i], _key(_ROUND, self.seq))
+                slot += 1
+            self.seq += 1
+            i += 1
+        self.rows[t % lay.num_rows] = _Row(t, [], [], query_slots)
+        self.second = t + 1
+        new = np.asarray(self._new, np.int64)
+        self._new = []
+        base_pos = self.cursor if s.pos_mode == "native" else self._extent_total()
+        # A ring slot written twice in one eviction keeps the later token, so keep one move per target.
+        last = dict((d, sv) for sv, d in moves)
+        src = np.asarray(list(last.values()), np.int32)
+        dst = np.asarray(list(last.keys()), np.int32)
+        return RoundPlan(new_slots=new.astype(np.int32), new_tokens=self.tok[new], new_vision=self.vis[new],
+                         move_src=src, move_dst=dst, base_slot=row0 + lay.content,
+                         base_order=int(np.sum(self.key >= 0)), base_pos=float(base_pos))
+
+    def commit(self, content: Sequence[int]) -> None:
+        """Record the content tokens generated (and written to the cache) for the latest second."""
+        lay = self.layout
+        t = self.second - 1
+        if len(content) > self.scfg.max_new_tokens:
+            raise ValueError(f"{len(content)} content tokens exceed max_new_tokens {self.scfg.max_new_tokens}.")
+        row = self.rows[t % lay.num_rows]
+        base = lay.row_start(t) + lay.content
+        for i, tok in enumerate(content):
+            self._text(base + i, int(tok), _key(_ROUND, self.seq))
+            self.seq += 1
+        self._new = []
+        row.content_slots = list(range(base, base + len(content)))
+        row.content_ids = [int(x) for x in content]
+
+    # ---------------------------------------------------------------- reads
+    def _sorted_valid(self) -> np.ndarray:
+        idx = np.flatnonzero(self.key >= 0)
+        return idx[np.argsort(self.key[idx], kind="stable")]
+
+    def _extent_total(self) -> float:
+        o = self._sorted_valid()
+        heads = o[self.key[o] == self.head[o]]
+        return float(np.sum(self.ext[heads]))
+
+    def positions(self) -> np.ndarray:
+        """[S, 3] float64 positions of every slot (zeros where empty), per `pos_mode`."""
+        if self.scfg.pos_mode == "native":
+            return np.where((self.key >= 0)[:, None], self.npos, 0.0)
+        o = self._sorted_valid()
+        is_head = self.key[o] == self.head[o]
+        ext = self.ext[o[is_head]]
+        starts = np.cumsum(ext) - ext  # contiguous: each unit starts where the previous one ended
+        unit = np.cumsum(is_head) - 1
+        pos = np.zeros((self.layout.size, 3))
+        pos[o] = starts[unit][:, None] + self.rel[o]
+        return pos
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Device metadata: order [S] int32 (-1 empty), pos [S, 3] float32, tokens [S] int32."""
+        o = self._sorted_valid()
+        order = np.full(self.layout.size, -1, np.int32)
+        order[o] = np.arange(o.size, dtype=np.int32)
+        return order, self.positions().astype(np.float32), self.tok.copy()
+
+    def retained(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The retained sequence in logical order: (token ids [N], positions [N, 3], slots [N])."""
+        o = self._sorted_valid()
+        return self.tok[o], self.positions()[o], o
+
+    def nbytes(self) -> int:
+        """Bytes of the host bookkeeping (constant for a stream's life)."""
+        return sum(a.nbytes for a in (self.tok, self.key, self.head, self.rel, self.ext, self.npos, self.vis))
+
+    def grow(self, scfg: StreamConfig) -> None:
+        """Switch to a config with more vision rows and eviction off (full attention); slots keep their index."""
+        old = self.layout
+        new = scfg.layout
+        if (scfg.evict or new.rows != old.rows or new.row_len != old.row_len or new.num_rows < old.num_rows
+                or new.size - new.ring != old.size - old.ring or old.size != old.ring):
+            raise ValueError("HostStream.grow only adds vision rows to a cache without eviction or text ring.")
+        pad = new.size - old.size
+        self.tok = np.concatenate([self.tok, np.full(pad, -1, np.int32)])
+        self.key = np.concatenate([self.key, np.full(pad, -1, np.int64)])
+        self.head = np.concatenate([self.head, np.full(pad, -1, np.int64)])
+        self.rel = np.concatenate([self.rel, np.zeros((pad, 3))])
+        self.ext = np.concatenate([self.ext, np.ones(pad)])
+        self.npos = np.concatenate([self.npos, np.zeros((pad, 3))])
+        self.vis = np.concatenate([self.vis, np.full(pad, -1, np.int32)])
+        self.rows = self.rows + [None] * (new.num_rows - old.num_rows)
+        self.scfg, self.layout = scfg, new

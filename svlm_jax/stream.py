@@ -1,0 +1,617 @@
+"""Live commentary on endless video: compiled per-second steps over the streaming cache, and `Streamer`.
+
+Each second of each stream:
+  1. the host (`cache.HostStream`) evicts per the policy, places the new tokens and renumbers positions;
+  2. `encode_vision` runs the vision tower on the second's frames (one compile per frame size);
+  3. `relayout` copies the K/V of commentary that became older text and installs the new slot metadata;
+  4. `prefill` writes the round's tokens (previous turn's tail, user block, assistant header) in chunks
+     of a fixed length;
+  5. `generate` samples up to `max_new_tokens` inside one `lax.while_loop`, stopping at `<|im_end|>`.
+Every step donates the cache and has static shapes, so nothing recompiles after the first second.
+
+`Streamer` drives B streams in lock step and returns one `Comment` per stream per second. Modes:
+  streaming  the StreamingVLM policy (sinks, vision window, text window);
+  sliding    the same window without the text sink;
+  full       no eviction: the cache grows (doubling) up to `max_cache_bytes`, then `CacheFull`;
+  recompute  the streaming policy, but the whole retained window (vision re-encoded) is prefilled
+             again every second instead of reusing K/V.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from svlm_jax.cache import CacheFull, HostStream, StreamCache, StreamConfig, cache_bytes, init_cache, tree_bytes
+from svlm_jax.config import ModelConfig
+from svlm_jax.model import Qwen25VL
+from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM, SILENCE, build_prefix, build_round, truncate_middle
+from svlm_jax.rope import text_cos_sin
+from svlm_jax.text import LayerKV
+from svlm_jax.tokenizer import ChatTokenizer
+from svlm_jax.video import TEMPORAL_PATCH_SIZE, Second
+from svlm_jax.vision import vision_metadata
+
+MODES = ("streaming", "sliding", "full", "recompute")
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """How each token is chosen: repetition penalty, then greedy argmax or temperature / top-k / top-p sampling.
+
+    Defaults are the reference's (temperature 0.9, repetition penalty 1.05). top_k=0 and top_p=1 are off.
+    The repetition penalty (HF's rule) applies to every token in the retained cache and generated so far.
+    """
+
+    temperature: float = 0.9
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.05
+    greedy: bool = False
+
+    def __post_init__(self):
+        checks = [
+            (self.greedy or self.temperature > 0, f"temperature must be > 0 (or use greedy), got {self.temperature}"),
+            (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"Invalid SamplingConfig: {msg}.")
+
+
+def sample_token(logits, seen, key, sampling: SamplingConfig):
+    """One token from logits [V] (float32); seen [V] bool marks tokens the repetition penalty applies to."""
+    if sampling.repetition_penalty != 1.0:
+        p = sampling.repetition_penalty
+        logits = jnp.where(seen, jnp.where(logits > 0, logits / p, logits * p), logits)
+    if sampling.greedy:
+        return jnp.argmax(logits).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    neg = jnp.finfo(jnp.float32).min
+    if sampling.top_k > 0:
+        kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][-1]
+        logits = jnp.where(logits < kth, neg, logits)
+    if sampling.top_p < 1.0:
+        desc = jnp.sort(logits)[::-1]  # [V]
+        probs = jax.nn.softmax(desc)
+        keep = (jnp.cumsum(probs) - probs) < sampling.top_p  # the nucleus, the crossing token included
+        logits = jnp.where(logits < jnp.min(jnp.where(keep, desc, jnp.inf)), neg, logits)
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------ compiled steps
+def _apply(cfg: ModelConfig, params: Params, fn):
+    return nn.apply(fn, Qwen25VL(cfg))({"params": params})
+
+
+def _tables(pos, cfg: ModelConfig):
+    """Rotary tables for positions [B, N, 3] -> cos, sin [B, N, hd] in the compute dtype."""
+    return text_cos_sin(jnp.moveaxis(pos, -1, 0), cfg.text, cfg.compute_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "items", "cap"))
+def encode_vision(cfg: ModelConfig, params: Params, pixel_values, meta, *, items: int, cap: int):
+    """Vision tower on `items` seconds of one grid: pixel_values [items*N, patch_dim] -> [items, cap, D].
+
+    Each second's N/4 merged tokens are padded with zeros to `cap`. One compile per (grid, items).
+    """
+    feats = _apply(cfg, params, lambda m: m.encode_vision(pixel_values, meta))  # [items*N/4, D]
+    feats = feats.reshape(items, -1, feats.shape[-1])
+    return jnp.pad(feats, ((0, 0), (0, cap - feats.shape[1]), (0, 0))).astype(cfg.compute_dtype)
+
+
+@jax.jit
+def _assemble(parts, index):
+    """Concatenate feature groups [n_i, F, D] plus one zero row, then pick rows by index [B] -> [B, F, D]."""
+    zero = jnp.zeros((1,) + parts[0].shape[1:], parts[0].dtype)
+    return jnp.concatenate(list(parts) + [zero])[index]
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def relayout(cache: StreamCache, src, dst, order, pos, tokens) -> StreamCache:
+    """Copy K/V from slots src to dst ([B, M]; dst >= S is skipped) and install new metadata tables.
+
+    order/tokens: [B, S] int32, pos: [B, S, 3] float32, as computed by the host for this second.
+    """
+    rows = jnp.arange(src.shape[0])[:, None]
+    move = lambda a: a.at[rows, dst].set(a[rows, src], mode="drop")  # noqa: E731  [B, S, KV, hd]
+    return StreamCache(k=tuple(map(move, cache.k)), v=tuple(map(move, cache.v)), order=order, pos=pos,
+                       tokens=tokens)
+
+
+def _visible(order, q_order):
+    """Causal slot mask: keys with order in [0, q_order]. order [B, S], q_order [B, T] -> [B, T, S] bool."""
+    return (order[:, None, :] >= 0) & (order[:, None, :] <= q_order[:, :, None])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "all_logits"), donate_argnames=("cache",))
+def prefill(cfg: ModelConfig, params: Params, cache: StreamCache, tokens, slots, vision, feats,
+            all_logits: bool = False):
+    """Write T tokens per stream into the cache and return the logits of the last one.
+
+    tokens/slots/vision: [B, T] int32 (slot >= S = padding, written nowhere; vision = index into feats
+    [B, F, D] for vision tokens, -1 for text). Orders and positions of the tokens are read from the cache
+    tables at their slots. Returns (cache, logits [B, V]) or, with all_logits, logits [B, T, V].
+    """
+    b, s = cache.order.shape
+    rows = jnp.arange(b)[:, None]
+    safe = jnp.minimum(slots, s - 1)
+    q_order = jnp.where(slots < s, cache.order[rows, safe], -1)  # [B, T]
+    cos_k, sin_k = _tables(cache.pos, cfg)  # [B, S, hd]
+    cos_q, sin_q = _tables(cache.pos[rows, safe], cfg)  # [B, T, hd]
+    mask = _visible(cache.order, q_order)  # [B, T, S]
+
+    def fn(m: Qwen25VL):
+        x = m.embed(tokens)  # [B, T, D]
+        v = feats[rows, jnp.maximum(vision, 0)]
+        x = jnp.where((vision >= 0)[..., None], v.astype(x.dtype), x)
+        kv = [LayerKV(k, vv, cos_k, sin_k, slots) for k, vv in zip(cache.k, cache.v)]
+        h, new = m.decode_with_tables(x, cos_q, sin_q, mask, kv)
+        return m.logits(h if all_logits else h[:, -1:]), new
+
+    logits, new = _apply(cfg, params, fn)
+    cache = cache.replace(k=tuple(k for k, _ in new), v=tuple(v for _, v in new))
+    return cache, (logits if all_logits else logits[:, 0])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "max_new", "stop_ids", "keep_logits"),
+                   donate_argnames=("cache",))
+def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base_slot, base_order, base_pos,
+             active, forced, forced_len, keys, seconds, *, sampling: SamplingConfig, max_new: int,
+             stop_ids: tuple[int, ...], keep_logits: bool = False):
+    """One commentary turn per stream, in one compiled loop.
+
+    logits0 [B, V]: logits after the prefill. Token i of row b goes to slot base_slot[b] + i with logical
+    index base_order[b] + i and text position base_pos[b] + i. Each row stops at a stop id (not written)
+    or after writing max_new tokens. forced [B, max_new] / forced_len [B] teacher-force a row (content of
+    forced_len tokens, then a stop) where forced_len >= 0. keys [B] and seconds [B] seed the sampler.
+    Returns (cache, tokens [B, max_new] (-1 after the end), n_written [B], logits [B, max_new, V] or None).
+    """
+    b, s = cache.order.shape
+    vocab = logits0.shape[-1]
+    rows = jnp.arange(b)
+    stops = jnp.asarray(stop_ids, jnp.int32)
+    keys = jax.vmap(jax.random.fold_in)(keys, seconds)
+    penalize = sampling.repetition_penalty != 1.0
+
+    def pick(i, logits, seen):
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+        tok = jax.vmap(functools.partial(sample_token, sampling=sampling))(logits, seen, step_keys)
+        f = jax.lax.dynamic_index_in_dim(forced, jnp.minimum(i, max_new - 1), axis=1, keepdims=False)
+        return jnp.where(forced_len < 0, tok, jnp.where(i < forced_len, f, stops[0]))
+
+    def mark(seen, tok, on):
+        if not penalize:
+            return seen
+        return seen.at[rows, jnp.where(on, tok, vocab)].set(True, mode="drop")
+
+    seen = jnp.zeros((b, vocab if penalize else 1), bool)
+    if penalize:
+        seen = seen.at[rows[:, None], jnp.where(cache.tokens >= 0, cache.tokens, vocab)].set(True, mode="drop")
+    tok0 = pick(0, logits0, seen)
+    out = jnp.full((b, max_new), -1, jnp.int32).at[:, 0].set(tok0)
+    live = active & ~jnp.isin(tok0, stops)
+    seen = mark(seen, tok0, active)
+    buf = jnp.zeros((b, max_new, vocab) if keep_logits else (b, 0, vocab), jnp.float32)
+    if keep_logits:
+        buf = buf.at[:, 0].set(logits0)
+    cos, sin = _tables(cache.pos, cfg)  # [B, S, hd], fixed except at the slots written below
+    state = (jnp.int32(0), cache, cos, sin, tok0, live, out, jnp.zeros(b, jnp.int32), seen, buf)
+
+    def cond(st):
+        return (st[0] < max_new) & jnp.any(st[5])
+
+    def body(st):
+        i, c, cos, sin, tok, live, out, n, seen, buf = st
+        slot = jnp.where(live, base_slot + i, s)  # [B]; s = nowhere
+        q_order = base_order + i
+        q_pos = jnp.broadcast_to((base_pos + i.astype(jnp.float32))[:, None, None], (b, 1, 3))
+        cos_q, sin_q = _tables(q_pos, cfg)  # [B, 1, hd]
+        order = c.order.at[rows, slot].set(q_order, mode="drop")
+        cos = cos.at[rows, slot].set(cos_q[:, 0], mode="drop")
+        sin = sin.at[rows, slot].set(sin_q[:, 0], mode="drop")
+        mask = _visible(order, q_order[:, None])  # [B, 1, S]
+
+        def fn(m: Qwen25VL):
+            kv = [LayerKV(k, v, cos, sin, slot[:, None]) for k, v in zip(c.k, c.v)]
+            h, new = m.decode_with_tables(m.embed(tok[:, None]), cos_q, sin_q, mask, kv)
+            return m.logits(h)[:, 0], new
+
+        logits, new = _apply(cfg, params, fn)  # [B, V]
+        c = StreamCache(k=tuple(k for k, _ in new), v=tuple(v for _, v in new), order=order,
+                        pos=c.pos.at[rows, slot].set(q_pos[:, 0], mode="drop"),
+                        tokens=c.tokens.at[rows, slot].set(tok, mode="drop"))
+        n = n + live.astype(jnp.int32)
+        can = live & (i + 1 < max_new)
+        nxt = pick(i + 1, logits, seen)
+        out = out.at[rows, jnp.where(can, i + 1, max_new)].set(nxt, mode="drop")
+        seen = mark(seen, nxt, can)
+        if keep_logits:
+            buf = buf.at[:, jnp.minimum(i + 1, max_new - 1)].set(
+                jnp.where(can[:, None], logits, buf[:, jnp.minimum(i + 1, max_new - 1)]))
+        live = can & ~jnp.isin(nxt, stops)
+        return i + 1, c, cos, sin, jnp.where(can, nxt, tok), live, out, n, seen, buf
+
+    _, cache, _, _, _, _, out, n, _, buf = jax.lax.while_loop(cond, body, state)
+    out = jnp.where(jnp.arange(max_new)[None] <= n[:, None], out, -1)
+    return cache, out, n, (buf if keep_logits else None)
+
+
+# ------------------------------------------------------------------------------------------ streamer
+@dataclasses.dataclass(frozen=True)
+class Comment:
+    """One stream's output for one second.
+
+    text: the commentary, " ..." placeholder stripped and whitespace trimmed ("" for a silent second);
+    tokens: the generated content ids (placeholder included, stop token excluded);
+    vision_ms / prefill_ms / decode_ms: wall time of the step's phases (shared by the batch);
+    n_tokens: tokens written by the decode loop.
+    """
+
+    stream: int
+    index: int
+    t0: float
+    t1: float
+    text: str
+    tokens: tuple[int, ...]
+    vision_ms: float
+    prefill_ms: float
+    decode_ms: float
+    n_tokens: int
+    partial: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"t0": self.t0, "t1": self.t1, "text": self.text, "vision_ms": round(self.vision_ms, 3),
+                "prefill_ms": round(self.prefill_ms, 3), "decode_ms": round(self.decode_ms, 3),
+                "tokens": self.n_tokens}
+
+
+def _per_stream(value, batch: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != batch:
+            raise ValueError(f"{name} has {len(value)} entries for {batch} streams; pass one per stream or a "
+                             f"single value.")
+        return list(value)
+    return [value] * batch
+
+
+class Streamer:
+    """B streams of live commentary over one model, stepped one second at a time.
+
+    cfg, params: the model (`svlm_jax.load`); tokenizer: a `ChatTokenizer` of the checkpoint.
+    scfg: cache capacities and policy; sampling: token choice; seed: sampler seed (stream b uses
+    fold_in(seed, b), so a stream samples the same tokens alone or in a batch).
+    system, query, previous_text: a value for all streams or a list with one per stream (None = none).
+    mode: one of MODES (see the module docstring). max_cache_bytes caps the cache of mode "full".
+    keep_logits: keep the last step's logits in `last_logits` (for tests).
+    """
+
+    def __init__(self, cfg: ModelConfig, params: Params, tokenizer: ChatTokenizer,
+                 scfg: StreamConfig = StreamConfig(), *, sampling: SamplingConfig = SamplingConfig(),
+                 batch: int = 1, seed: int = 0, system: str | Sequence[str] = DEFAULT_SYSTEM,
+                 query: str | None | Sequence[str | None] = DEFAULT_QUERY,
+                 previous_text: str | None | Sequence[str | None] = None, mode: str = "streaming",
+                 max_cache_bytes: int | None = None, cache_dtype=None, keep_logits: bool = False):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}.")
+        tokenizer.check_model(cfg)
+        self.cfg, self.params, self.tok, self.sampling = cfg, params, tokenizer, sampling
+        self.mode, self.batch, self.keep_logits = mode, batch, keep_logits
+        self.max_cache_bytes, self.cache_dtype = max_cache_bytes, cache_dtype
+        nl = tokenizer.encode("\n")
+        if len(nl) != 1:
+            raise ValueError(f"The tokenizer encodes a newline as {len(nl)} tokens; the template needs exactly one.")
+        self.silence = tokenizer.encode(SILENCE)
+        self.stop_ids = (tokenizer.im_end, tokenizer.endoftext)
+        systems = _per_stream(system, batch, "system")
+        queries = _per_stream(query, batch, "query")
+        prevs = _per_stream(previous_text, batch, "previous_text")
+        prev_ids = [tokenizer.encode(p) if p else [] for p in prevs]
+        self.queries = [q if q else None for q in queries]
+        if mode == "sliding":
+            scfg = scfg.replace(text_sink=0)
+        elif mode == "full":
+            scfg = scfg.replace(evict=False, text_sink=max(len(p) for p in prev_ids), text_window=0)
+        self.scfg = scfg
+        for q in self.queries:
+            if q and len(tokenizer.encode(q)) > scfg.query_tokens:
+                raise ValueError(f"The query takes {len(tokenizer.encode(q))} tokens but StreamConfig.query_tokens "
+                                 f"is {scfg.query_tokens}; raise query_tokens or shorten the query.")
+        self._check_budget(scfg)
+        self.hosts = []
+        for b in range(batch):
+            hs = HostStream(scfg, im_end=tokenizer.im_end, newline=nl[0], silence=self.silence,
+                            spatial_merge_size=cfg.vision.spatial_merge_size,
+                            tokens_per_second=cfg.vision.tokens_per_second)
+            pre = build_prefix(tokenizer, truncate_middle(prev_ids[b], scfg.text_sink, scfg.text_window),
+                               system=systems[b])
+            hs.start(pre.ids[:pre.prev_start], pre.ids[pre.prev_start:pre.prev_end], pre.ids[pre.prev_end:])
+            self.hosts.append(hs)
+        self.cache = init_cache(cfg, scfg, batch, cache_dtype)
+        base = jax.random.key(seed)
+        self.keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(batch))
+        self.last_logits: np.ndarray | None = None
+        self.last_prefill_logits: np.ndarray | None = None
+        self._window_pixels: list[list[tuple[np.ndarray, tuple[int, ...]] | None]] = [
+            [None] * scfg.vision_window for _ in range(batch)]
+        self._meta: dict[tuple, dict] = {}
+
+    # ---------------------------------------------------------------- sizes
+    def _check_budget(self, scfg: StreamConfig) -> None:
+        if self.max_cache_bytes is not None:
+            need = cache_bytes(self.cfg, scfg, self.batch, self.cache_dtype)
+            if need > self.max_cache_bytes:
+                raise CacheFull(f"The {self.mode} cache needs {need / 2**30:.3f} GiB for {scfg.vision_window} "
+                                f"seconds, above the cap of {self.max_cache_bytes / 2**30:.3f} GiB.")
+
+    def cache_bytes(self) -> int:
+        """Bytes of the device cache plus the host bookkeeping."""
+        return tree_bytes(self.cache) + sum(h.nbytes() for h in self.hosts)
+
+    def _grow(self) -> None:
+        """Full attention: double the number of vision rows (slots keep their index)."""
+        scfg = self.scfg.replace(vision_window=2 * self.scfg.vision_window)
+        self._check_budget(scfg)
+        pad = scfg.layout.size - self.scfg.layout.size
+        c = self.cache
+        grow_kv = lambda a: jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) # noqa: E731
+        self.cache = StreamCache(k=tuple(map(grow_kv, c.k)), v=tuple(map(grow_kv, c.v)),
+                                 order=jnp.pad(c.order, ((0, 0), (0, pad)), constant_values=-1),
+                                 pos=jnp.pad(c.pos, ((0, 0), (0, pad), (0, 0))),
+                                 tokens=jnp.pad(c.tokens, ((0, 0), (0, pad)), constant_values=-1))
+        for h in self.hosts:
+            h.grow(scfg)
+        for w in self._window_pixels:
+            w.extend([None] * (scfg.vision_window - len(w)))
+        self.scfg = scfg
+
+    # ---------------------------------------------------------------- vision
+    def _vision_meta(self, grid: tuple[int, ...], items: int):
+        key = (grid, items)
+        if key not in self._meta:
+            self._meta[key] = vision_metadata(np.asarray([grid] * items), self.cfg.vision)
+        return self._meta[key]
+
+    def _encode(self, pixels: list[np.ndarray | None], grids: list[tuple | None], items: int, cap: int):
+        """Encode per stream `items` seconds of one grid each -> features [B, items*cap, D] on device."""
+        groups: dict[tuple, list[int]] = {}
+        for b, g in enumerate(grids):
+            if g is not None:
+                groups.setdefault(g, []).append(b)
+        parts, index, offset = [], np.full(self.batch, 0, np.int32), 0
+        for g, members in groups.items():
+            px = np.concatenate([pixels[b] for b in members])
+            feats = encode_vision(self.cfg, self.params, px, self._vision_meta(g, items * len(members)),
+                                  items=items * len(members), cap=cap)
+            parts.append(feats.reshape(len(members), items * cap, -1))
+            index[members] = offset + np.arange(len(members))
+            offset += len(members)
+        if not parts:
+            return None
+        index[[b for b in range(self.batch) if grids[b] is None]] = offset
+        return _assemble(tuple(parts), index)
+
+    # ---------------------------------------------------------------- one second
+    def step(self, seconds: Sequence[Any | None], force: Sequence[Sequence[int] | None] | None = None
+             ) -> list[Comment | None]:
+        """Advance every stream by one second and return its commentary (None for streams given None).
+
+        seconds: one per stream, each with t0, t1, pixel_values [N, patch_dim], grid_thw [1, 3] and
+        second_per_grid_ts (a `video.Second`), or None for a stream that has ended. force: optional
+        content ids per stream to write instead of sampling (teacher forcing, e.g. replaying reference
+        commentary); the turn then ends with <|im_end|> unless it has max_new_tokens tokens.
+        """
+        if len(seconds) != self.batch:
+            raise ValueError(f"step got {len(seconds)} seconds for {self.batch} streams; pass one per stream "
+                             f"(None for an ended stream).")
+        scfg, cfg = self.scfg, self.cfg
+        if not scfg.evict and any(s is not None and h.second >= scfg.vision_window
+                                  for s, h in zip(seconds, self.hosts)):
+            self._grow()
+            scfg = self.scfg
+        lay = scfg.layout
+        t_start = time.perf_counter()
+
+        # Vision.
+        grids: list[tuple | None] = []
+        pixels: list[np.ndarray | None] = []
+        n_vis: list[int] = []
+        merge = cfg.vision.merge_unit
+        for b, sec in enumerate(seconds):
+            if sec is None:
+                grids.append(None), pixels.append(None), n_vis.append(0)
+                continue
+            g = tuple(int(x) for x in np.asarray(sec.grid_thw).reshape(-1)[:3])
+            px = np.asarray(sec.pixel_values, np.float32)
+            if px.shape != (int(np.prod(g)), cfg.vision.patch_dim):
+                raise ValueError(f"Stream {b}: pixel_values of shape {px.shape} do not match grid_thw {g} "
+                                 f"(need ({int(np.prod(g))}, {cfg.vision.patch_dim})).")
+            if int(np.prod(g)) // merge > scfg.vision_tokens:
+                raise ValueError(f"Stream {b}: a second of grid {g} has {int(np.prod(g)) // merge} vision tokens "
+                                 f"but StreamConfig.vision_tokens is {scfg.vision_tokens}; raise vision_tokens "
+                                 f"or lower the resolution.")
+            grids.append(g), pixels.append(px), n_vis.append(int(np.prod(g)) // merge)
+        if self.mode == "recompute":
+            feats = self._encode_window(seconds, grids, pixels)
+        else:
+            feats = self._encode(pixels, grids, 1, scfg.vision_tokens)
+        if feats is None:
+            return [None] * self.batch
+        feats.block_until_ready()
+        t_vision = time.perf_counter()
+
+        # Host plans, then the device relayout and prefill.
+        plans = [None] * self.batch
+        for b, sec in enumerate(seconds):
+            if sec is None:
+                continue
+            h = self.hosts[b]
+            q = self.queries[b] if h.second == 0 else None
+            rnd = build_round(self.tok, float(sec.t0), float(sec.t1), n_vis[b], query=q)
+            span = (0, 0)
+            if q:
+                q0 = rnd.vision_start + n_vis[b] + 1
+                span = (q0, q0 + len(self.tok.encode(q)))
+            spg = float(getattr(sec, "second_per_grid_ts", 1.0))
+            plans[b] = h.plan(rnd.prompt, rnd.vision_start, n_vis[b], grids[b], spg, span)
+        self._relayout(plans)
+        logits0 = self._prefill(plans, feats)
+        logits0.block_until_ready()
+        t_prefill = time.perf_counter()
+
+        # Decode.
+        out, n = self._generate(plans, logits0, seconds, force)
+        t_decode = time.perf_counter()
+        comments: list[Comment | None] = []
+        for b, sec in enumerate(seconds):
+            if sec is None:
+                comments.append(None)
+                continue
+            content = [int(x) for x in out[b, :n[b]]]
+            self.hosts[b].commit(content)
+            shown = content[:-len(self.silence)] if self.silence and content[-len(self.silence):] == self.silence \
+                else content
+            comments.append(Comment(
+                stream=b, index=self.hosts[b].second - 1, t0=float(sec.t0), t1=float(sec.t1),
+                text=self.tok.decode(shown).strip(), tokens=tuple(content),
+                vision_ms=1e3 * (t_vision - t_start), prefill_ms=1e3 * (t_prefill - t_vision),
+                decode_ms=1e3 * (t_decode - t_prefill), n_tokens=int(n[b]),
+                partial=bool(getattr(sec, "partial", False))))
+        return comments
+
+    def _encode_window(self, seconds, grids, pixels):
+        """Recompute mode: the vision of every second in the window, row by row -> [B, V*cap, D]."""
+        v = self.scfg.vision_window
+        stacked: list[np.ndarray | None] = []
+        for b, sec in enumerate(seconds):
+            if sec is None:
+                stacked.append(None)
+                continue
+            rows = self._window_pixels[b]
+            rows[self.hosts[b].second % v] = (pixels[b], grids[b])
+            for r in range(v):
+                if rows[r] is not None and rows[r][1] != grids[b]:
+                    raise ValueError(f"Stream {b}: recompute mode needs one frame size for the whole window.")
+            stacked.append(np.concatenate([rows[r][0] if rows[r] is not None else np.zeros_like(pixels[b])
+                                           for r in range(v)]))
+        return self._encode(stacked, grids, v, self.scfg.vision_tokens)
+
+    def _relayout(self, plans) -> None:
+        lay, m = self.scfg.layout, self.scfg.max_new_tokens
+        b = self.batch
+        src = np.zeros((b, m), np.int32)
+        dst = np.full((b, m), lay.size, np.int32)
+        orders = np.empty((b, lay.size), np.int32)
+        pos = np.empty((b, lay.size, 3), np.float32)
+        toks = np.empty((b, lay.size), np.int32)
+        for i, p in enumerate(plans):
+            # The host tables mirror the device's, so an idle stream just gets its own back.
+            orders[i], pos[i], toks[i] = self.hosts[i].tables()
+            if p is not None:
+                k = p.move_src.size
+                src[i, :k], dst[i, :k] = p.move_src, p.move_dst
+        self.cache = relayout(self.cache, src, dst, orders, pos, toks)
+
+    def _prefill(self, plans, feats):
+        lay = self.scfg.layout
+        t = lay.chunk
+        lists = []
+        for i, p in enumerate(plans):
+            if p is None:
+                lists.append((np.zeros(0, np.int32),) * 3)
+            elif self.mode == "recompute":
+                lists.append(self._recompute_list(i))
+            else:
+                lists.append((p.new_slots, p.new_tokens, p.new_vision))
+        n_chunks = max(1, max(math.ceil(len(s) / t) for s, _, _ in lists))
+        total = n_chunks * t
+        slots = np.full((self.batch, total), lay.size, np.int32)
+        toks = np.zeros((self.batch, total), np.int32)
+        vis = np.full((self.batch, total), -1, np.int32)
+        for i, (s, tk, v) in enumerate(lists):
+            # Right-aligned, so every stream's last token is the last position of the last chunk.
+            if len(s):
+                slots[i, total - len(s):], toks[i, total - len(s):], vis[i, total - len(s):] = s, tk, v
+        logits = None
+        for c in range(n_chunks):
+            sl = slice(c * t, (c + 1) * t)
+            self.cache, logits = prefill(self.cfg, self.params, self.cache, toks[:, sl], slots[:, sl], vis[:, sl],
+                                         feats)
+        return logits
+
+    def _recompute_list(self, i: int):
+        """Every retained slot of stream i in logical order, vision indexed into the window's features."""
+        h, lay = self.hosts[i], self.scfg.layout
+        toks, _, slots = h.retained()
+        vis = h.vis[slots].astype(np.int64)
+        row = (slots - lay.rows) // lay.row_len
+        vis = np.where(vis >= 0, row * self.scfg.vision_tokens + vis, -1)
+        return slots.astype(np.int32), toks.astype(np.int32), vis.astype(np.int32)
+
+    def _generate(self, plans, logits0, seconds, force):
+        b, m = self.batch, self.scfg.max_new_tokens
+        base_slot = np.zeros(b, np.int32)
+        base_order = np.zeros(b, np.int32)
+        base_pos = np.zeros(b, np.float32)
+        active = np.zeros(b, bool)
+        forced = np.zeros((b, m), np.int32)
+        forced_len = np.full(b, -1, np.int32)
+        secs = np.zeros(b, np.int32)
+        for i, p in enumerate(plans):
+            if p is None:
+                continue
+            base_slot[i], base_order[i], base_pos[i], active[i] = p.base_slot, p.base_order, p.base_pos, True
+            secs[i] = self.hosts[i].second - 1
+            if force is not None and force[i] is not None:
+                f = [int(x) for x in force[i]]
+                if len(f) > m:
+                    raise ValueError(f"Stream {i}: {len(f)} forced tokens exceed max_new_tokens {m}.")
+                forced[i, :len(f)], forced_len[i] = f, len(f)
+        self.cache, out, n, logits = generate(
+            self.cfg, self.params, self.cache, logits0, base_slot, base_order, base_pos, active, forced, forced_len,
+            self.keys, secs, sampling=self.sampling, max_new=m, stop_ids=self.stop_ids, keep_logits=self.keep_logits)
+        out, n = np.asarray(out), np.asarray(n)
+        if self.keep_logits:
+            self.last_logits = np.asarray(logits)
+            self.last_prefill_logits = np.asarray(logits0)
+        return out, n
+
+    # ---------------------------------------------------------------- convenience
+    def run(self, seconds: Iterable[Any]) -> Iterator[Comment]:
+        """Batch 1: yield one Comment per second of `seconds` (e.g. a `video.FrameStream`)."""
+        if self.batch != 1:
+            raise ValueError(f"run drives one stream; this Streamer has {self.batch}; call step instead.")
+        for sec in seconds:
+            yield self.step([sec])[0]
+
+
+def synthetic_seconds(cfg: ModelConfig, grid_hw: tuple[int, int] = (4, 4), *, fps: int = 2, seconds: int | None = None,
+                      start: float = 0.0, seed: int = 0) -> Iterator[Second]:
+    """Seconds of random normalised pixels, no decoding: for tests and benchmarks.
+
+    Each has patch grid (ceil(fps/2), h, w) for grid_hw = (h, w) in patches (even numbers), so
+    h*w/4 vision tokens per temporal grid. Yields forever unless `seconds` is given.
+    """
+    h, w = grid_hw
+    if h % 2 or w % 2 or h < 2 or w < 2:
+        raise ValueError(f"grid_hw {grid_hw} must be even patch counts >= 2 (the 2x2 merge needs them).")
+    grid = np.array([[math.ceil(fps / TEMPORAL_PATCH_SIZE), h, w]], np.int64)
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((fps, 0, 0, 3), np.uint8)  # not used by the model; kept empty
+    i = 0
+    while seconds is None or i < seconds:
+        px = rng.standard_normal((int(np.prod(grid)), cfg.vision.patch_dim), dtype=np.float32)
+        yield Second(index=i, t0=start + i, t1=start + i + 1, fps=fps, frames=frames, pixel_values=px, grid_thw=grid)
+        i += 1

@@ -1,0 +1,272 @@
+"""The streaming engine on a tiny random model: parity with `forward`, the retention policy against the slow
+reference, constant size, no recompiles, batch independence, baseline modes and bad configs."""
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from svlm_jax import ModelConfig, forward, init_params
+from svlm_jax.cache import CacheFull, StreamConfig, cache_bytes
+from svlm_jax.prompt import DEFAULT_QUERY, SILENCE, build_prefix, build_round
+from svlm_jax.stream import SamplingConfig, Streamer, sample_token, synthetic_seconds
+from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+from tests.stream_reference import History, older_length, retained
+
+CFG = ModelConfig.tiny()
+WORDS = ["red", "ball", "enters", "bounces", "goal", "what", "a", "shot"]
+GREEDY = SamplingConfig(greedy=True)
+
+
+def noisy_params(cfg, seed=0, scale=0.05):
+    """Random params with noise on every leaf (norms and biases included), so logits are well spread."""
+
+    @jax.jit
+    def noisy(key):
+        leaves, tree = jax.tree_util.tree_flatten(init_params(cfg, key))
+        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+        return tree.unflatten([x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+    return noisy(jax.random.key(seed))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return noisy_params(CFG)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return ChatTokenizer.from_tokenizer(word_level_tokenizer(WORDS, CFG))
+
+
+def small(**kw):
+    base = dict(vision_window=4, text_sink=10, text_window=12, max_new_tokens=6, vision_tokens=4, round_tokens=32,
+                prefix_tokens=24, query_tokens=8)
+    base.update(kw)
+    return StreamConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------ parity
+@pytest.mark.parametrize("fps", [2, 8])
+def test_streamed_logits_match_forward(params, tok, fps):
+    """Before any eviction, every logit the stream computes equals forward() on the whole sequence."""
+    n_vis = 4 * math.ceil(fps / 2)
+    scfg = small(vision_window=4, vision_tokens=n_vis, max_new_tokens=5)
+    prev = "red ball bounces red ball enters"
+    st = Streamer(CFG, params, tok, scfg, sampling=GREEDY, previous_text=prev, keep_logits=True)
+    pre = build_prefix(tok, tok.encode(prev))
+    ids, secs, checks = list(pre.ids), list(synthetic_seconds(CFG, (4, 4), fps=fps, seconds=3, seed=1)), []
+    for s, sec in enumerate(secs):
+        if s:
+            ids += [tok.im_end] + tok.encode("\n")
+        ids += build_round(tok, sec.t0, sec.t1, n_vis, query=DEFAULT_QUERY if s == 0 else None).prompt
+        c = st.step([sec])[0]
+        k = min(c.n_tokens + 1, scfg.max_new_tokens)  # the logits that chose each content token and the stop
+        checks.append((len(ids) - 1, st.last_logits[0, :k]))
+        ids += list(c.tokens)
+    ref = np.asarray(forward(CFG, params, np.asarray([ids]),
+                             pixel_values_videos=np.concatenate([s.pixel_values for s in secs]),
+                             video_grid_thw=np.concatenate([s.grid_thw for s in secs]),
+                             second_per_grid_ts=[secs[0].second_per_grid_ts] * len(secs), time_mode="float"))
+    diff = max(float(np.max(np.abs(ours - ref[0, at:at + len(ours)]))) for at, ours in checks)
+    print(f"fps {fps}: streamed vs forward logits, max |diff| = {diff:.2e} over {sum(len(o) for _, o in checks)} rows")
+    assert diff <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------ policy
+def _forced_content(rng, tok, max_new):
+    """Random commentary: 0..max_new word tokens, often ending in the silence placeholder."""
+    words = [tok.encode(" " + w)[0] for w in WORDS]
+    silence = tok.encode(SILENCE)
+    n = int(rng.integers(0, max_new + 1))
+    content = [int(x) for x in rng.choice(words, n)]
+    if n >= len(silence) and rng.random() < 0.6:
+        content[n - len(silence):] = silence
+    return content
+
+
+def _device_retained(cache, b=0):
+    order = np.asarray(cache.order)[b]
+    slots = np.flatnonzero(order >= 0)
+    slots = slots[np.argsort(order[slots])]
+    assert np.array_equal(order[slots], np.arange(slots.size)), "device order is not a permutation of 0..N-1"
+    return np.asarray(cache.tokens)[b][slots].tolist(), np.asarray(cache.pos)[b][slots]
+
+
+@pytest.mark.parametrize("pos_mode,keep_query,fps,window,n_sec", [
+    ("contiguous", False, 2, 4, 200), ("native", True, 8, 4, 200), ("contiguous", True, 2, 1, 40),
+    ("native", False, 2, 1, 40)])
+def test_policy_matches_reference(params, tok, pos_mode, keep_query, fps, window, n_sec):
+    """At every second the retained tokens and positions (host tables and device cache) equal the reference."""
+    n_vis = 4 * math.ceil(fps / 2)
+    scfg = small(vision_window=window, vision_tokens=n_vis, keep_query=keep_query, pos_mode=pos_mode)
+    prev = "red ball what a shot"
+    st = Streamer(CFG, params, tok, scfg, sampling=GREEDY, previous_text=prev, query=DEFAULT_QUERY)
+    pre = build_prefix(tok, tok.encode(prev))
+    hist = History(head=pre.ids[:pre.prev_start], previous=tok.encode(prev), tail=pre.ids[pre.prev_end:],
+                   im_end=tok.im_end, newline=tok.encode("\n")[0], silence=tok.encode(SILENCE))
+    rng = np.random.default_rng(7)
+    lengths = []
+    for t, sec in enumerate(synthetic_seconds(CFG, (4, 4), fps=fps, seconds=n_sec, seed=2)):
+        content = _forced_content(rng, tok, scfg.max_new_tokens)
+        c = st.step([sec], force=[content])[0]
+        assert list(c.tokens) == content
+        rnd = build_round(tok, sec.t0, sec.t1, n_vis, query=DEFAULT_QUERY if t == 0 else None)
+        q0 = rnd.vision_start + n_vis + 1
+        span = (q0, q0 + len(tok.encode(DEFAULT_QUERY))) if t == 0 else (0, 0)
+        hist.rounds.append((rnd.prompt, sec.grid_thw[0].tolist(), sec.second_per_grid_ts, span))
+        hist.contents.append(content)
+        ids, pos = retained(CFG, hist, t, vision_window=window, text_sink=scfg.text_sink,
+                            text_window=scfg.text_window, keep_query=keep_query, pos_mode=pos_mode)
+        host_ids, host_pos, _ = st.hosts[0].retained()
+        assert host_ids.tolist() == ids, f"second {t}: host tokens differ from the reference"
+        np.testing.assert_array_equal(host_pos, pos, err_msg=f"second {t}: host positions")
+        dev_ids, dev_pos = _device_retained(st.cache)
+        assert dev_ids == ids, f"second {t}: device tokens differ from the reference"
+        np.testing.assert_array_equal(dev_pos, pos.astype(np.float32), err_msg=f"second {t}: device positions")
+        lengths.append(older_length(hist, t, window))
+    # The run must cover the second the sink fills and the second older text overflows its window.
+    assert lengths[0] < scfg.text_sink < lengths[-1]
+    assert any(a <= scfg.text_sink + scfg.text_window < b for a, b in zip(lengths, lengths[1:]))
+    if pos_mode == "contiguous":
+        assert pos.min() == 0 and pos.max() < 400  # bounded however long the stream runs
+
+
+# ------------------------------------------------------------------------------------------ size, compiles
+@pytest.mark.slow
+def test_cache_size_and_compiles_flat_over_2000_seconds(params, tok):
+    scfg = small(vision_window=3, text_sink=6, text_window=8, max_new_tokens=3, vision_tokens=1)
+    st = Streamer(CFG, params, tok, scfg, sampling=SamplingConfig(temperature=1.0, top_k=50, top_p=0.9), seed=3,
+                  previous_text="red ball")
+    compiles = []
+
+    def listen(name, *_, **__):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    sizes = {}
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for t, sec in enumerate(synthetic_seconds(CFG, (2, 2), seconds=2000, seed=4)):
+            st.step([sec])
+            if t == 0:
+                first = len(compiles)
+            if t + 1 in (20, 2000):
+                sizes[t + 1] = st.cache_bytes()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    print(f"compiles: {first} in the first second, {len(compiles) - first} after; bytes {sizes}")
+    assert first > 0 and len(compiles) == first
+    assert sizes[20] == sizes[2000] == cache_bytes(CFG, scfg) + sum(h.nbytes() for h in st.hosts)
+
+
+# ------------------------------------------------------------------------------------------ batch
+def test_batch_of_three_equals_each_alone(params, tok):
+    scfg = small(vision_window=3, text_sink=6, text_window=8, max_new_tokens=4)
+    queries = [DEFAULT_QUERY, None, "red ball"]
+    prevs = [None, "red ball bounces", "what a shot goal"]
+    starts = [0.0, 100.0, 7.0]
+
+    def gens():
+        return [synthetic_seconds(CFG, (4, 4), seconds=9, start=starts[b], seed=10 + b) for b in range(3)]
+
+    together = Streamer(CFG, params, tok, scfg, sampling=GREEDY, batch=3, query=queries, previous_text=prevs)
+    got = [[] for _ in range(3)]
+    for secs in zip(*gens()):
+        for b, c in enumerate(together.step(list(secs))):
+            got[b].append(c.tokens)
+    for b, g in enumerate(gens()):
+        alone = Streamer(CFG, params, tok, scfg, sampling=GREEDY, query=queries[b], previous_text=prevs[b])
+        assert [c.tokens for c in alone.run(g)] == got[b], f"stream {b} differs alone and in the batch"
+    assert len({tuple(g) for g in got}) == 3  # the streams really are different
+
+
+def test_ended_stream_in_batch_is_skipped(params, tok):
+    st = Streamer(CFG, params, tok, small(), sampling=GREEDY, batch=2)
+    a, b = synthetic_seconds(CFG, seed=1), synthetic_seconds(CFG, seed=2)
+    st.step([next(a), next(b)])
+    out = st.step([next(a), None])
+    assert out[1] is None and out[0].index == 1 and st.hosts[1].second == 1
+
+
+# ------------------------------------------------------------------------------------------ modes
+def test_modes_agree_before_eviction_and_full_grows(params, tok):
+    """streaming, recompute and full give the same greedy tokens while nothing is evicted."""
+    secs = list(synthetic_seconds(CFG, (4, 4), seconds=4, seed=5))
+    runs = {}
+    for mode, window in (("streaming", 4), ("recompute", 4), ("full", 1)):
+        st = Streamer(CFG, params, tok, small(vision_window=window, max_new_tokens=4), sampling=GREEDY, mode=mode,
+                      previous_text="red ball")
+        runs[mode] = [c.tokens for c in st.run(secs)]
+        if mode == "full":
+            assert st.scfg.vision_window == 4  # grew 1 -> 2 -> 4
+    assert runs["streaming"] == runs["recompute"] == runs["full"]
+
+
+def test_full_mode_stops_at_its_memory_cap(params, tok):
+    scfg = small(vision_window=2)
+    cap = cache_bytes(CFG, scfg.replace(evict=False, text_sink=0, text_window=0)) + 1
+    st = Streamer(CFG, params, tok, scfg, sampling=GREEDY, mode="full", max_cache_bytes=cap)
+    secs = synthetic_seconds(CFG, seed=6)
+    st.step([next(secs)]), st.step([next(secs)])
+    with pytest.raises(CacheFull, match="above the cap"):
+        st.step([next(secs)])
+
+
+def test_sliding_and_recompute_keep_the_streaming_window(params, tok):
+    """sliding drops the text sink; recompute keeps the streaming sequence but rebuilds its K/V."""
+    secs = list(synthetic_seconds(CFG, (4, 4), seconds=12, seed=8))
+    force = [[tok.encode(" red")[0], tok.encode(" ball")[0]]]
+    seqs = {}
+    for mode in ("streaming", "sliding", "recompute"):
+        st = Streamer(CFG, params, tok, small(vision_window=2, text_sink=4, text_window=6), sampling=GREEDY,
+                      mode=mode)
+        for s in secs:
+            st.step([s], force=force)
+        seqs[mode] = st.hosts[0].retained()[0].tolist()
+    assert seqs["recompute"] == seqs["streaming"]
+    assert len(seqs["sliding"]) == len(seqs["streaming"]) - 4
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def test_sampling_rules():
+    logits = jax.numpy.asarray([1.0, 3.0, 2.0, -1.0])
+    seen = jax.numpy.asarray([False, True, False, False])
+    key = jax.random.key(0)
+    assert int(sample_token(logits, seen, key, SamplingConfig(greedy=True, repetition_penalty=1.0))) == 1
+    # Penalty 2 turns 3.0 into 1.5, below 2.0.
+    assert int(sample_token(logits, seen, key, SamplingConfig(greedy=True, repetition_penalty=2.0))) == 2
+    top1 = SamplingConfig(top_k=1, repetition_penalty=1.0)
+    nucleus = SamplingConfig(top_p=0.05, repetition_penalty=1.0)
+    for i in range(20):
+        k = jax.random.key(i)
+        assert int(sample_token(logits, seen, k, top1)) == 1
+        assert int(sample_token(logits, seen, k, nucleus)) == 1
+    draws = [int(sample_token(logits, seen, jax.random.key(i), SamplingConfig(top_k=2))) for i in range(40)]
+    assert set(draws) == {1, 2}
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0.0)
+
+
+def test_sampled_streams_are_seedable(params, tok):
+    secs = list(synthetic_seconds(CFG, seconds=3, seed=9))
+    run = lambda seed: [c.tokens for c in Streamer(CFG, params, tok, small(), seed=seed).run(secs)]  # noqa: E731
+    assert run(1) == run(1) != run(2)
+
+
+# ------------------------------------------------------------------------------------------ bad configs
+def test_config_that_cannot_fit_the_prompt(params, tok):
+    with pytest.raises(ValueError, match="prefix_tokens is 4"):
+        Streamer(CFG, params, tok, small(prefix_tokens=4))
+    with pytest.raises(ValueError, match="query_tokens is 2"):
+        Streamer(CFG, params, tok, small(query_tokens=2))
+    sec = next(synthetic_seconds(CFG, (4, 8)))
+    with pytest.raises(ValueError, match="vision_tokens is 4"):
+        Streamer(CFG, params, tok, small()).step([sec])
+    with pytest.raises(ValueError, match="round_tokens"):
+        Streamer(CFG, params, tok, small(round_tokens=8)).step([next(synthetic_seconds(CFG))])
+    with pytest.raises(ValueError, match="Invalid StreamConfig: pos_mode"):
+        small(pos_mode="rope")
+    with pytest.raises(ValueError, match="one per stream"):
+        Streamer(CFG, params, tok, small(), batch=2, query=["a", "b", "c"])
