@@ -5,8 +5,8 @@
 Writes legacy key names (`visual.*`, `model.*`, `lm_head.*`, what the hub uses) into safetensors
 shards of at most --max-shard-size (one `model.safetensors` when everything fits, otherwise
 `model-0000i-of-0000n.safetensors` plus `model.safetensors.index.json`), config.json, and the
-tokenizer files found in SRC. Only one shard's tensors are in memory at a time. Atomic like
-hf_to_jax: a failure leaves DST as it was.
+tokenizer files found in SRC. Tensors are streamed into each shard a group at a time, so memory does
+not grow with the shard size. Atomic like hf_to_jax: a failure leaves DST as it was.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from converters import hf_files, safetensors_io
-from converters.hf_to_jax import DTYPE_CHOICES, error_text
+from converters.hf_to_jax import DTYPE_CHOICES, error_text, release_freed_memory
 from converters.keys import TO_HF, expected_hf_shapes, hf_key_for
 from svlm_jax import checkpoint
 
@@ -55,8 +55,13 @@ def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "keep",
-            max_shard_size: str | int = "5GB", overwrite: bool = False, progress: bool = True) -> dict:
-    """Write svlm-jax checkpoint `src` as a HF directory at `dst`; returns a summary dict."""
+            max_shard_size: str | int = "5GB", overwrite: bool = False, progress: bool = True,
+            read_bytes: int = 512 * 2**20) -> dict:
+    """Write svlm-jax checkpoint `src` as a HF directory at `dst`; returns a summary dict.
+
+    Each shard's header is written first and its tensors streamed in after, read from Orbax in
+    groups of at most `read_bytes`, so memory stays near twice that whatever the shard size.
+    """
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"--dtype must be one of {DTYPE_CHOICES}, got {dtype!r}.")
     start = time.time()
@@ -70,6 +75,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
         if key not in hf_shapes:
             raise ValueError(f"Checkpoint {src} holds {path!r}, which its config does not have.")
         plan[path] = (key, transform, np.dtype(stored_dtype if dtype == "keep" else jnp.dtype(dtype)))
+    missing = sorted(set(hf_shapes) - {key for key, _, _ in plan.values()})
+    if missing:
+        raise ValueError(f"Checkpoint {src} lacks the weight for {missing[0]!r}; it does not match its config.")
     nbytes = {p: int(np.prod(stored[p][0])) * plan[p][2].itemsize for p in plan}
     shards = plan_shards(nbytes, max_bytes)
     names = (["model.safetensors"] if len(shards) == 1 else
@@ -80,15 +88,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
             tqdm(total=len(plan), unit="tensor", desc="jax_to_hf", disable=not progress, file=sys.stderr) as bar:
         for shard, name in zip(shards, names):
             bar.set_postfix_str(name)
-            arrays = checkpoint.load_arrays(src, shard, None if dtype == "keep" else dtype)
-            tensors = {}
-            for path in shard:
-                key, transform, _ = plan[path]
-                tensors[key] = np.ascontiguousarray(TO_HF[transform](arrays.pop(path), hf_shapes[key]))
-                weight_map[key] = name
-                bar.update()
-            safetensors_io.write_file(tmp / name, tensors, {"format": "pt"})
-            del tensors, arrays
+            specs = {plan[p][0]: (hf_shapes[plan[p][0]], plan[p][2]) for p in shard}
+            with safetensors_io.Writer(tmp / name, specs, {"format": "pt"}) as out:
+                # Read the shard's tensors in groups of at most read_bytes and stream them into the file.
+                for group in plan_shards({p: nbytes[p] for p in shard}, read_bytes):
+                    arrays = checkpoint.load_arrays(src, group, None if dtype == "keep" else dtype)
+                    for path in group:
+                        key, transform, _ = plan[path]
+                        out.write(key, TO_HF[transform](arrays.pop(path), hf_shapes[key]))
+                        weight_map[key] = name
+                        bar.update()
+                    del arrays
+                    release_freed_memory()
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

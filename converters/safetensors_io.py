@@ -77,21 +77,58 @@ def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
             yield key, arr.reshape(shape)
 
 
+class Writer:
+    """Streams tensors into one .safetensors file: the header goes first, built from the specs.
+
+    `specs` is {name: (shape, numpy dtype)} in file order; `write` must then be called once per name,
+    in that order, so only one tensor needs to be in memory at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+                 metadata: Mapping[str, str] | None = None):
+        header: dict[str, dict] = {"__metadata__": dict(metadata or {"format": "pt"})}
+        offset = 0
+        for key, (shape, dtype) in specs.items():
+            dtype = np.dtype(dtype)
+            if dtype not in _NAMES:
+                raise ValueError(f"Cannot write tensor {key!r} of dtype {dtype} to safetensors.")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[key] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # keeps every tensor 8-byte aligned
+        self.path, self.pending = path, [(k, tuple(s), np.dtype(d)) for k, (s, d) in specs.items()]
+        self.file = open(path, "wb")
+        self.file.write(struct.pack("<Q", len(blob)))
+        self.file.write(blob)
+
+    def write(self, key: str, arr: np.ndarray) -> None:
+        """Append the next tensor; its name, shape and dtype must be the next spec."""
+        want_key, shape, dtype = self.pending.pop(0) if self.pending else (None, None, None)
+        if key != want_key or tuple(arr.shape) != shape or arr.dtype != dtype:
+            raise ValueError(f"{self.path}: got tensor {key!r} {tuple(arr.shape)} {arr.dtype}, the header expects "
+                             f"{want_key!r} {shape} {dtype} next.")
+        np.ascontiguousarray(arr).tofile(self.file)
+
+    def close(self) -> None:
+        """Close the file; raise if some announced tensor was never written."""
+        self.file.close()
+        if self.pending:
+            raise ValueError(f"{self.path} was closed before tensor {self.pending[0][0]!r} was written.")
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.file.close()
+
+
 def write_file(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
                metadata: Mapping[str, str] | None = None) -> None:
-    """Write {name: array} as one .safetensors file (tensors in the given order, header padded to 8 bytes)."""
-    header: dict[str, dict] = {"__metadata__": dict(metadata or {"format": "pt"})}
-    offset = 0
-    for key, arr in tensors.items():
-        if arr.dtype not in _NAMES:
-            raise ValueError(f"Cannot write tensor {key!r} of dtype {arr.dtype} to safetensors.")
-        header[key] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
-                       "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for arr in tensors.values():
-            np.ascontiguousarray(arr).tofile(f)
+    """Write {name: array} as one .safetensors file, tensors in the given order."""
+    with Writer(path, {k: (a.shape, a.dtype) for k, a in tensors.items()}, metadata) as w:
+        for key, arr in tensors.items():
+            w.write(key, arr)
