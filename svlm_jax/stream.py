@@ -339,7 +339,11 @@ class Streamer:
                                system=systems[b])
             hs.start(pre.ids[:pre.prev_start], pre.ids[pre.prev_start:pre.prev_end], pre.ids[pre.prev_end:])
             self.hosts.append(hs)
-        self.cache = init_cache(cfg, scfg, batch, cache_dtype)
+        # Commit the cache to the params' device: jit keys on committedness, and the cache that comes back
+        # from a step is committed, so an uncommitted first cache would compile every step twice.
+        leaf = jax.tree_util.tree_leaves(params)[0]
+        self.device = next(iter(leaf.devices())) if isinstance(leaf, jax.Array) else jax.devices()[0]
+        self.cache = jax.device_put(init_cache(cfg, scfg, batch, cache_dtype), self.device)
         base = jax.random.key(seed)
         self.keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(batch))
         self.last_logits: np.ndarray | None = None

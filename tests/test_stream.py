@@ -137,6 +137,7 @@ def test_policy_matches_reference(params, tok, pos_mode, keep_query, fps, window
 @pytest.mark.slow
 def test_cache_size_and_compiles_flat_over_2000_seconds(params, tok):
     scfg = small(vision_window=3, text_sink=6, text_window=8, max_new_tokens=3, vision_tokens=1)
+    params = jax.device_put(params, jax.devices()[0])  # committed, as svlm_jax.load returns them
     st = Streamer(CFG, params, tok, scfg, sampling=SamplingConfig(temperature=1.0, top_k=50, top_p=0.9), seed=3,
                   previous_text="red ball")
     compiles = []

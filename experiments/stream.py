@@ -1,0 +1,171 @@
+"""Live commentary on a video file, URL or camera with a converted checkpoint.
+
+    python -m experiments.stream --ckpt DIR --video FILE_OR_URL [--vtt out.vtt] [--jsonl] [options]
+
+Prints each second's commentary as it comes (`[12.0-13.0s] text`; silent seconds print nothing), or with
+--jsonl one JSON line per second: t0, t1, text and the vision / prefill / decode milliseconds. --vtt
+writes WebVTT cues as they come. Bad input (missing or broken video, unreachable URL, a checkpoint or
+tokenizer that does not fit, a StreamConfig too small for the prompt) is reported in one line. A stream
+that ends inside a second, or Ctrl-C, flushes what was already said.
+
+Modes: streaming (default: sinks + vision window + text window), sliding (no text sink), full (no
+eviction, stops at --max-cache-gib), recompute (re-prefill the whole window every second).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from typing import IO, Iterable
+
+from svlm_jax.cache import CacheFull, StreamConfig
+from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM
+from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer
+from svlm_jax.video import MAX_FPS, VideoError
+
+
+def vtt_time(t: float) -> str:
+    """Seconds -> WebVTT time stamp HH:MM:SS.mmm."""
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+class Outputs:
+    """Where commentary goes: stdout (text or JSON lines) and an optional WebVTT file, flushed per second."""
+
+    def __init__(self, *, jsonl: bool, vtt_path: str | None, out: IO[str] | None = None):
+        self.jsonl, self.out, self.count = jsonl, out if out is not None else sys.stdout, 0
+        self.vtt = None
+        if vtt_path:
+            self.vtt = open(vtt_path, "w", encoding="utf-8")
+            self.vtt.write("WEBVTT\n\n")
+            self.vtt.flush()
+
+    def write(self, c: Comment) -> None:
+        self.count += 1
+        if self.jsonl:
+            print(json.dumps(c.to_json(), ensure_ascii=False), file=self.out, flush=True)
+        elif c.text:
+            print(f"[{c.t0:.1f}-{c.t1:.1f}s] {c.text}", file=self.out, flush=True)
+        if self.vtt is not None and c.text:
+            self.vtt.write(f"{vtt_time(c.t0)} --> {vtt_time(c.t1)}\n{c.text}\n\n")
+            self.vtt.flush()
+
+    def close(self) -> None:
+        if self.vtt is not None:
+            self.vtt.close()
+            self.vtt = None
+
+
+def run(streamer: Streamer, seconds: Iterable, outputs: Outputs) -> int:
+    """Stream `seconds` through `streamer` into `outputs`; returns the exit code. Always closes the outputs."""
+    try:
+        for c in streamer.run(seconds):
+            outputs.write(c)
+        return 0
+    except KeyboardInterrupt:
+        print(f"interrupted after {outputs.count} s; what was said is flushed.", file=sys.stderr)
+        return 130
+    except VideoError as e:
+        print(f"error: {e} ({outputs.count} s streamed and flushed)", file=sys.stderr)
+        return 1
+    except CacheFull as e:
+        print(f"stopped after {outputs.count} s: {e} Use --mode streaming for endless streams.", file=sys.stderr)
+        return 0
+    except ValueError as e:  # e.g. a frame of another size in recompute mode, a round too long for round_tokens
+        print(f"error: {e} ({outputs.count} s streamed and flushed)", file=sys.stderr)
+        return 2
+    finally:
+        outputs.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d, s = StreamConfig(), SamplingConfig()
+    ap = argparse.ArgumentParser(prog="python -m experiments.stream", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", required=True, help="checkpoint directory (svlm_jax.save / converters.hf_to_jax)")
+    ap.add_argument("--video", required=True, help="video file, URL (rtsp://, http(s)://) or camera /dev/videoN")
+    ap.add_argument("--fps", type=int, default=2, help=f"frames per second fed to the model, 1..{MAX_FPS} (2)")
+    ap.add_argument("--start", type=float, default=0.0, help="start second of a file (0)")
+    ap.add_argument("--end", type=float, default=None, help="stop before this second (default: the end)")
+    ap.add_argument("--vision-window", type=int, default=d.vision_window, help="seconds of vision kept (16)")
+    ap.add_argument("--text-sink", type=int, default=d.text_sink, help="first tokens of older text kept (512)")
+    ap.add_argument("--text-window", type=int, default=d.text_window, help="last tokens of older text kept (512)")
+    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens per second, at most (20)")
+    ap.add_argument("--temperature", type=float, default=s.temperature, help="sampling temperature (0.9)")
+    ap.add_argument("--top-p", type=float, default=s.top_p, help="nucleus mass, 1 = off (1.0)")
+    ap.add_argument("--top-k", type=int, default=s.top_k, help="top-k, 0 = off (0)")
+    ap.add_argument("--repetition-penalty", type=float, default=s.repetition_penalty, help="(1.05)")
+    ap.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    ap.add_argument("--seed", type=int, default=0, help="sampler seed (0)")
+    ap.add_argument("--system", default=DEFAULT_SYSTEM, help="system prompt")
+    ap.add_argument("--query", default=DEFAULT_QUERY, help="the query of the first second ('' for none)")
+    ap.add_argument("--keep-query", action="store_true", help="pin the query in the sinks")
+    ap.add_argument("--previous-text", default=None, help="earlier commentary or a title, as older text")
+    ap.add_argument("--pos-mode", choices=("contiguous", "native"), default="contiguous")
+    ap.add_argument("--mode", choices=MODES, default="streaming")
+    ap.add_argument("--max-cache-gib", type=float, default=8.0, help="memory cap of --mode full (8)")
+    ap.add_argument("--query-tokens", type=int, default=d.query_tokens, help="room for the query (128)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="compute and parameter dtype (default: as stored)")
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a URL (10)")
+    ap.add_argument("--vtt", default=None, help="write WebVTT cues to this file")
+    ap.add_argument("--jsonl", action="store_true", help="print one JSON line per second")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the process exit code (2 for bad input, 130 when interrupted)."""
+    try:
+        return _main(parse_args(argv))
+    except KeyboardInterrupt:
+        print("interrupted before streaming started.", file=sys.stderr)
+        return 130
+
+
+def _main(a: argparse.Namespace) -> int:
+    try:
+        import svlm_jax
+        from svlm_jax.tokenizer import ChatTokenizer
+        from svlm_jax.video import FrameStream
+
+        sampling = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                                  repetition_penalty=a.repetition_penalty, greedy=a.greedy or a.temperature == 0)
+        base = StreamConfig(vision_window=a.vision_window, text_sink=a.text_sink, text_window=a.text_window,
+                            max_new_tokens=a.max_new_tokens, query_tokens=a.query_tokens, keep_query=a.keep_query,
+                            pos_mode=a.pos_mode)
+        tok = ChatTokenizer.from_dir(a.ckpt)
+        cfg, params = svlm_jax.load(a.ckpt, a.dtype)
+        frames = FrameStream(a.video, fps=a.fps, start=a.start, end=a.end, timeout=a.timeout)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            first = next(frames)
+        except StopIteration:
+            print(f"error: {a.video!r} gave no frames.", file=sys.stderr)
+            return 2
+        except VideoError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        # Size the vision rows to this video: its frames are all resized to the first one's grid.
+        n_vision = int(first.grid_thw[0].prod()) // cfg.vision.merge_unit
+        try:
+            streamer = Streamer(cfg, params, tok, base.replace(vision_tokens=n_vision), sampling=sampling,
+                                seed=a.seed, system=a.system, query=a.query or None, previous_text=a.previous_text,
+                                mode=a.mode, max_cache_bytes=int(a.max_cache_gib * 2**30))
+            outputs = Outputs(jsonl=a.jsonl, vtt_path=a.vtt)
+        except (ValueError, OSError, CacheFull) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return run(streamer, itertools.chain([first], frames), outputs)
+    finally:
+        frames.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

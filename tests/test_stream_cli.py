@@ -1,0 +1,103 @@
+"""The streaming CLI: a real (synthetic) video end to end, WebVTT/JSONL output, and one-line errors."""
+import io
+import json
+import os
+
+import jax
+import pytest
+
+import svlm_jax
+from experiments.forward_demo import write_synthetic
+from experiments.stream import Outputs, main, run, vtt_time
+from svlm_jax import ModelConfig, init_params
+from svlm_jax.cache import StreamConfig
+from svlm_jax.stream import SamplingConfig, Streamer, synthetic_seconds
+from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+
+CFG = ModelConfig.tiny()
+PARAMS = jax.jit(lambda key: init_params(CFG, key))
+SMALL = ["--greedy", "--max-new-tokens", "4", "--vision-window", "2", "--text-sink", "8", "--text-window", "8"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream_cli")
+    tok_json = root / "tokenizer.json"
+    word_level_tokenizer(["red", "ball"], CFG).save(str(tok_json))
+    ckpt = svlm_jax.save(root / "ckpt", CFG, PARAMS(jax.random.key(0)), files=[tok_json])
+    video = write_synthetic(str(root / "clip.mp4"), 2.5, rate=8)
+    data = open(video, "rb").read()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notes.mp4").write_text("this is not a video\n")
+    return root, str(ckpt), video
+
+
+def _one_error_line(capsys, match):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and match in err, err
+    return err
+
+
+def test_video_to_jsonl_and_vtt(files, capsys):
+    root, ckpt, video = files
+    vtt = root / "out.vtt"
+    assert main(["--ckpt", ckpt, "--video", video, "--jsonl", "--vtt", str(vtt)] + SMALL) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    # 2.5 s of video: three seconds, the last one ended mid-second and is still reported.
+    assert [(x["t0"], x["t1"]) for x in lines] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+    assert {"text", "vision_ms", "prefill_ms", "decode_ms"} <= set(lines[0])
+    assert vtt.read_text().startswith("WEBVTT\n\n")
+
+
+@pytest.mark.parametrize("name,match", [("missing.mp4", "not found"), ("empty.mp4", "empty (0 bytes)"),
+                                        ("truncated.mp4", "truncated"), ("notes.mp4", "not a video")])
+def test_bad_video_files_are_one_line(files, capsys, name, match):
+    root, ckpt, _ = files
+    assert main(["--ckpt", ckpt, "--video", str(root / name)]) == 2
+    _one_error_line(capsys, match)
+
+
+def test_unreachable_url_is_one_line(files, capsys):
+    _, ckpt, _ = files
+    assert main(["--ckpt", ckpt, "--video", "rtsp://127.0.0.1:9/none", "--timeout", "2"]) == 2
+    _one_error_line(capsys, "Could not open stream")
+
+
+def test_bad_checkpoints_are_one_line(files, tmp_path, capsys):
+    _, ckpt, video = files
+    assert main(["--ckpt", str(tmp_path / "nope"), "--video", video]) == 2
+    _one_error_line(capsys, "No tokenizer.json")
+    from tokenizers import Tokenizer, models
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")).save(str(bare / "tokenizer.json"))
+    assert main(["--ckpt", str(bare), "--video", video]) == 2
+    _one_error_line(capsys, "lacks the special token")
+
+
+def test_config_too_small_for_the_prompt_is_one_line(files, capsys):
+    _, ckpt, video = files
+    assert main(["--ckpt", ckpt, "--video", video, "--query", "red ball red ball", "--query-tokens", "2"]) == 2
+    _one_error_line(capsys, "query_tokens")
+
+
+def test_interrupt_flushes_what_was_said(tmp_path, capsys):
+    tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(["red", "ball"], CFG))
+    scfg = StreamConfig(vision_window=2, text_sink=4, text_window=4, max_new_tokens=3, vision_tokens=4,
+                        round_tokens=32, prefix_tokens=24, query_tokens=8)
+    st = Streamer(CFG, PARAMS(jax.random.key(0)), tok, scfg, sampling=SamplingConfig(greedy=True))
+
+    def seconds():
+        yield from synthetic_seconds(CFG, seconds=2)
+        raise KeyboardInterrupt
+
+    out, vtt = io.StringIO(), tmp_path / "cut.vtt"
+    assert run(st, seconds(), Outputs(jsonl=True, vtt_path=str(vtt), out=out)) == 130
+    assert len(out.getvalue().splitlines()) == 2
+    assert vtt.read_text().startswith("WEBVTT") and "interrupted after 2 s" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "other.vtt")
+
+
+def test_vtt_time():
+    assert vtt_time(3725.5) == "01:02:05.500" and vtt_time(0) == "00:00:00.000"
