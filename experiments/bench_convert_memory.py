@@ -4,15 +4,14 @@
 
 Writes a random Qwen2.5-VL-shaped HF checkpoint (sharded safetensors, fp32) into a temp directory,
 then runs `python -m converters.hf_to_jax` and `python -m converters.jax_to_hf` on it as child
-processes, sampling each child's resident memory from /proc every 50 ms. The peak (the kernel's
-ru_maxrss) is compared with the largest shard and the whole model. A baseline run on the tiny model
+processes, sampling each child's resident memory from /proc every 50 ms. The peak (the child's own
+VmHWM) is compared with the largest shard and the whole model. A baseline run on the tiny model
 gives the fixed cost of the imports. Writes <out>.json and <out>.png.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -61,16 +60,30 @@ def write_hf_checkpoint(cfg: ModelConfig, directory: pathlib.Path, shard_bytes: 
             "largest_tensor_bytes": max(sizes.values()), "params": sum(sizes.values()) // 4}
 
 
-def run_measured(argv: list[str]) -> dict:
-    """Run a child process; return its peak RSS (ru_maxrss) and an RSS-over-time trace, in MiB."""
+# Runs a module as __main__ and, at exit, writes the process's VmHWM (peak RSS, kB) to a file. Read in
+# the child itself: the kernel's ru_maxrss survives exec, so it would include the parent's memory at fork.
+_WRAPPER = """
+import atexit, runpy, sys
+def _hwm():
+    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+    open({out!r}, 'w').write(line.split()[1])
+atexit.register(_hwm)
+sys.argv = {argv!r}
+runpy.run_module({module!r}, run_name='__main__')
+"""
+
+
+def run_measured(module: str, args: list[str], scratch: pathlib.Path) -> dict:
+    """Run `python -m module args` as a child; return its peak RSS and an RSS-over-time trace, in MiB."""
+    hwm_file = scratch / f"hwm-{time.time_ns()}"
+    code = _WRAPPER.format(out=str(hwm_file), argv=[module] + args, module=module)
     start = time.time()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     trace: list[tuple[float, float]] = []
-    done = threading.Event()  # not proc.poll(): that would reap the child before wait4 reads its rusage
 
     def sample():
         status = pathlib.Path(f"/proc/{proc.pid}/status")
-        while not done.is_set():
+        while proc.poll() is None:
             try:
                 rss = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
                 trace.append((time.time() - start, int(rss.split()[1]) / 1024))
@@ -80,14 +93,12 @@ def run_measured(argv: list[str]) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    done.set()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = proc.communicate()[0].strip()
     sampler.join()
-    out = proc.stdout.read().strip()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed with exit code {proc.returncode}.")
-    return {"peak_rss_mib": usage.ru_maxrss / 1024, "seconds": time.time() - start, "summary": out, "trace": trace}
+        raise RuntimeError(f"python -m {module} {' '.join(args)} failed with exit code {proc.returncode}.")
+    return {"peak_rss_mib": int(hwm_file.read_text()) / 1024, "seconds": time.time() - start, "summary": out,
+            "trace": trace}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/convert_memory")
     args = ap.parse_args(argv)
     cfg = synthetic_config(args.layers, args.hidden)
-    py = [sys.executable, "-m"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         (tmp / "hf").mkdir()
@@ -110,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "tiny").mkdir()
         write_hf_checkpoint(ModelConfig.tiny(tie_word_embeddings=False), tmp / "tiny", 10**9)
         runs = {
-            "baseline (tiny model)": run_measured(py + ["converters.hf_to_jax", str(tmp / "tiny"),
-                                                        str(tmp / "tiny_jax"), "--no-progress"]),
-            "hf_to_jax": run_measured(py + ["converters.hf_to_jax", str(tmp / "hf"), str(tmp / "jax"),
-                                            "--no-progress", "--flush-mb", str(args.flush_mb)]),
-            "jax_to_hf": run_measured(py + ["converters.jax_to_hf", str(tmp / "jax"), str(tmp / "back"),
-                                            "--no-progress", "--max-shard-size", f"{args.shard_mb}MB"]),
+            "baseline (tiny model)": run_measured("converters.hf_to_jax", [str(tmp / "tiny"), str(tmp / "tiny_jax"),
+                                                                           "--no-progress"], tmp),
+            "hf_to_jax": run_measured("converters.hf_to_jax", [str(tmp / "hf"), str(tmp / "jax"), "--no-progress",
+                                                               "--flush-mb", str(args.flush_mb)], tmp),
+            "jax_to_hf": run_measured("converters.jax_to_hf", [str(tmp / "jax"), str(tmp / "back"), "--no-progress",
+                                                               "--max-shard-size", f"{args.shard_mb}MB"], tmp),
         }
     for name, r in runs.items():
         print(f"{name}: peak RSS {r['peak_rss_mib']:.0f} MiB, {r['seconds']:.1f}s  [{r['summary']}]")
