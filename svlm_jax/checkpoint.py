@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 from orbax.checkpoint import v1 as ocp
 
 from svlm_jax.config import _DTYPES, ModelConfig
@@ -32,26 +33,12 @@ PARAMS_DIR = "params"
 Params = dict[str, Any]
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        p = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, p))
-        else:
-            out[p] = v
-    return out
+def _flatten(tree: Mapping) -> dict[str, Any]:
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        *parents, last = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = leaf
-    return out
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def dtype_name(dtype) -> str:
