@@ -174,7 +174,7 @@ class KeyChecker:
 
 
 def to_jax(value: np.ndarray, transform: str) -> np.ndarray:
-    """One HF tensor -> its params layout (a contiguous copy; dtype unchanged)."""
+    """One HF tensor -> its params layout, C-contiguous (copied unless it already was); dtype unchanged."""
     return np.ascontiguousarray(TO_JAX[transform](np.asarray(value)))
 
 
