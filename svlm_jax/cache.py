@@ -242,16 +242,12 @@ class HostStream:
         self._started = False
 
     # ---------------------------------------------------------------- writes
-    def _write(self, slot: int, tok: int, key, *, rel=(0.0, 0.0, 0.0), head=None, ext: float = 1.0,
-               vis: int = -1) -> None:
-        self.tok[slot], self.key[slot] = tok, key
-        self.head[slot] = key if head is None else head
-        self.rel[slot], self.ext[slot], self.vis[slot] = rel, ext, vis
-        self.npos[slot] = self.cursor + np.asarray(rel)
-        self._new.append(slot)
-
     def _text(self, slot: int, tok: int, key) -> None:
-        self._write(slot, tok, key)
+        """Write one text token at the cursor: its own rotary unit of extent 1."""
+        self.tok[slot], self.key[slot], self.head[slot] = tok, key, key
+        self.rel[slot], self.ext[slot], self.vis[slot] = 0.0, 1.0, -1
+        self.npos[slot] = self.cursor
+        self._new.append(slot)
         self.cursor += 1
 
     def _clear(self, lo: int, hi: int) -> None:
@@ -368,12 +364,17 @@ class HostStream:
             raise ValueError(f"grid_thw {tuple(grid_thw)} gives {rel.shape[0]} merged tokens, not {n_vision}.")
         while i < len(prompt):
             if i == vision_start and n_vision:
-                head, ext = _key(_ROUND, self.seq), float(rel.max()) + 1.0
-                for v in range(n_vision):
-                    self._write(slot, prompt[i + v], _key(_ROUND, self.seq), rel=rel[v], head=head, ext=ext, vis=v)
-                    self.seq += 1
-                    slot += 1
-                self.cursor += ext
+                # The whole block at once: one rotary unit starting at the cursor.
+                sl = slice(slot, slot + n_vision)
+                self.tok[sl] = prompt[i:i + n_vision]
+                self.key[sl] = _key(_ROUND, self.seq + np.arange(n_vision))
+                self.head[sl] = _key(_ROUND, self.seq)
+                self.rel[sl], self.ext[sl] = rel, float(rel.max()) + 1.0
+                self.npos[sl], self.vis[sl] = self.cursor + rel, np.arange(n_vision)
+                self._new.extend(range(slot, slot + n_vision))
+                self.seq += n_vision
+                self.cursor += float(rel.max()) + 1.0
+                slot += n_vision
                 i += n_vision
                 continue
             if q0 <= i < q1:
@@ -389,14 +390,15 @@ class HostStream:
         self.second = t + 1
         new = np.asarray(self._new, np.int64)
         self._new = []
-        base_pos = self.cursor if s.pos_mode == "native" else self._extent_total()
+        o = self._sorted_valid()
+        base_pos = self.cursor if s.pos_mode == "native" else float(np.sum(self.ext[o[self.key[o] == self.head[o]]]))
         # A ring slot written twice in one eviction keeps the later token, so keep one move per target.
         last = dict((d, sv) for sv, d in moves)
         src = np.asarray(list(last.values()), np.int32)
         dst = np.asarray(list(last.keys()), np.int32)
         return RoundPlan(new_slots=new.astype(np.int32), new_tokens=self.tok[new], new_vision=self.vis[new],
                          move_src=src, move_dst=dst, base_slot=row0 + lay.content,
-                         base_order=int(np.sum(self.key >= 0)), base_pos=float(base_pos))
+                         base_order=int(o.size), base_pos=float(base_pos))
 
     def commit(self, content: Sequence[int]) -> None:
         """Record the content tokens generated (and written to the cache) for the latest second."""
@@ -418,16 +420,14 @@ class HostStream:
         idx = np.flatnonzero(self.key >= 0)
         return idx[np.argsort(self.key[idx], kind="stable")]
 
-    def _extent_total(self) -> float:
-        o = self._sorted_valid()
-        heads = o[self.key[o] == self.head[o]]
-        return float(np.sum(self.ext[heads]))
+    def positions(self, o: np.ndarray | None = None) -> np.ndarray:
+        """[S, 3] float64 positions of every slot (zeros where empty), per `pos_mode`.
 
-    def positions(self) -> np.ndarray:
-        """[S, 3] float64 positions of every slot (zeros where empty), per `pos_mode`."""
+        o: the valid slots in logical order, if already computed.
+        """
         if self.scfg.pos_mode == "native":
             return np.where((self.key >= 0)[:, None], self.npos, 0.0)
-        o = self._sorted_valid()
+        o = self._sorted_valid() if o is None else o
         is_head = self.key[o] == self.head[o]
         ext = self.ext[o[is_head]]
         starts = np.cumsum(ext) - ext  # contiguous: each unit starts where the previous one ended
@@ -441,12 +441,12 @@ class HostStream:
         o = self._sorted_valid()
         order = np.full(self.layout.size, -1, np.int32)
         order[o] = np.arange(o.size, dtype=np.int32)
-        return order, self.positions().astype(np.float32), self.tok.copy()
+        return order, self.positions(o).astype(np.float32), self.tok.copy()
 
     def retained(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The retained sequence in logical order: (token ids [N], positions [N, 3], slots [N])."""
         o = self._sorted_valid()
-        return self.tok[o], self.positions()[o], o
+        return self.tok[o], self.positions(o)[o], o
 
     def nbytes(self) -> int:
         """Bytes of the host bookkeeping (constant for a stream's life)."""

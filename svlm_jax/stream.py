@@ -530,7 +530,8 @@ class Streamer:
 
     def _prefill(self, plans, feats):
         lay = self.scfg.layout
-        t = lay.chunk
+        # Recompute prefills the whole window every second: use longer chunks (a multiple of the round).
+        t = lay.chunk * (max(1, 512 // lay.chunk) if self.mode == "recompute" else 1)
         lists = []
         for i, p in enumerate(plans):
             if p is None:

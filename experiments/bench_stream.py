@@ -1,0 +1,247 @@
+"""Streaming latency benchmark: random weights, a synthetic stream, per-second timings as JSON and a PNG.
+
+    python -m experiments.bench_stream --preset tiny --seconds 3600 --modes streaming,full,recompute
+    python -m experiments.bench_stream --preset 100m --seconds 600 --modes streaming
+    python -m experiments.bench_stream --preset 7b --dtype bfloat16 --frame 720p --fps 2 --seconds 600   # GPU
+
+Each mode streams the same random seconds through a fresh `Streamer` with the paper's defaults
+(vision window 16 s, text sink 512, text window 512, 20 tokens per second, temperature 0.9, repetition
+penalty 1.05) unless flags say otherwise. Per second it records the vision, prefill and decode
+milliseconds and the tokens written. Mode `full` stops at --max-cache-gib. Second 0 includes compilation
+and is left out of the summary. Writes <out>/bench_stream_<preset>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from svlm_jax import ModelConfig, count_params, param_shapes
+from svlm_jax.cache import CacheFull, StreamConfig, cache_bytes
+from svlm_jax.stream import MODES, SamplingConfig, Streamer, synthetic_seconds
+from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+from svlm_jax.video import MERGE_SIZE, PATCH_SIZE, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize
+
+FRAMES = {"720p": (720, 1280), "360p": (360, 640), "480p": (480, 854), "1080p": (1080, 1920)}
+# The Qwen2.5 ids of the template's special tokens.
+QWEN_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                 "<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|image_pad|>": 151655,
+                 "<|video_pad|>": 151656}
+
+
+def random_params(cfg: ModelConfig, seed: int, dtype) -> dict:
+    """Random parameters made leaf by leaf directly in `dtype` (a 7B model never exists in float32).
+
+    Norm scales are ones, biases zeros, everything else normal(0, 0.02).
+    """
+    shapes = param_shapes(cfg)
+    flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
+    make = jax.jit(lambda key, shape: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
+                   static_argnums=1)
+    leaves = []
+    for i, (path, s) in enumerate(flat):
+        name = str(path[-1].key) if hasattr(path[-1], "key") else str(path[-1])
+        if name == "scale":
+            leaves.append(jnp.ones(s.shape, dtype))
+        elif name == "bias":
+            leaves.append(jnp.zeros(s.shape, dtype))
+        else:
+            leaves.append(make(jax.random.key(seed * 100003 + i), s.shape))
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def bench_tokenizer(cfg: ModelConfig) -> ChatTokenizer:
+    """A small word-level tokenizer whose special ids are the model's (Qwen's ids for the real presets)."""
+    tiny = ModelConfig.tiny()
+    if cfg.video_token_id == tiny.video_token_id and cfg.text.vocab_size == tiny.text.vocab_size:
+        return ChatTokenizer.from_tokenizer(word_level_tokenizer([], cfg))
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    from svlm_jax.tokenizer import _WORD_PATTERN
+
+    base = word_level_tokenizer([], tiny)
+    specials = set(QWEN_SPECIALS) | {"<|im_start|>"}
+    vocab = {w: i for w, i in base.get_vocab().items() if w not in specials and not w.startswith("<|")}
+    vocab.update(QWEN_SPECIALS)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIALS])
+    return ChatTokenizer.from_tokenizer(tok)
+
+
+def grid_of(args) -> tuple[int, int]:
+    """Patch grid (h, w) of a frame: --grid in patches, or --frame in pixels through smart_resize."""
+    if args.grid:
+        h, w = (int(x) for x in args.grid.lower().split("x"))
+        return h, w
+    hw = FRAMES.get(args.frame) or tuple(int(x) for x in args.frame.lower().split("x"))
+    h, w = smart_resize(hw[0], hw[1], PATCH_SIZE * MERGE_SIZE, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
+    return h // PATCH_SIZE, w // PATCH_SIZE
+
+
+def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
+    """Stream args.seconds synthetic seconds in `mode`; per-second timings as lists."""
+    st = Streamer(cfg, params, tok, scfg, sampling=sampling, seed=args.seed, mode=mode,
+                  previous_text=" ".join(["red ball"] * 400) if args.previous_text else None,
+                  max_cache_bytes=int(args.max_cache_gib * 2**30))
+    rec = {k: [] for k in ("second", "vision_ms", "prefill_ms", "decode_ms", "tokens", "total_ms", "slots")}
+    stopped = None
+    t_mode = time.perf_counter()
+    secs = synthetic_seconds(cfg, grid, fps=args.fps, seconds=args.seconds, seed=args.seed)
+    for i, sec in enumerate(secs):
+        if args.mode_budget_s and time.perf_counter() - t_mode > args.mode_budget_s:
+            stopped = f"time budget of {args.mode_budget_s:g} s reached at second {i}"
+            break
+        try:
+            t0 = time.perf_counter()
+            c = st.step([sec])[0]
+            total = 1e3 * (time.perf_counter() - t0)
+        except CacheFull as e:
+            stopped = f"cache full at second {i}: {e}"
+            break
+        for k, v in (("second", i), ("vision_ms", c.vision_ms), ("prefill_ms", c.prefill_ms),
+                     ("decode_ms", c.decode_ms), ("tokens", c.n_tokens), ("total_ms", total),
+                     ("slots", st.scfg.layout.size)):
+            rec[k].append(round(v, 4) if isinstance(v, float) else v)
+        if args.progress and (i + 1) % args.progress == 0:
+            print(f"  {mode}: second {i + 1}, {total:.1f} ms", file=sys.stderr, flush=True)
+    rec["stopped"] = stopped
+    rec["cache_bytes"] = st.cache_bytes()
+    rec["summary"] = summarize(rec)
+    return rec
+
+
+def _window(rec, lo, hi):
+    idx = [i for i, s in enumerate(rec["second"]) if lo <= s < hi]
+    return idx
+
+
+def summarize(rec) -> dict:
+    """Medians over an early window (seconds 60-160) and the last 100 seconds, compile second excluded."""
+    n = len(rec["second"])
+    if n < 2:
+        return {}
+    out = {"seconds": n}
+    early = _window(rec, 60, 160) or list(range(1, min(n, 101)))
+    late = list(range(max(1, n - 100), n))
+    for name, idx in (("early", early), ("late", late)):
+        tot = np.median([rec["total_ms"][i] for i in idx])
+        dec = np.array([rec["decode_ms"][i] for i in idx])
+        tokens = np.array([rec["tokens"][i] for i in idx])
+        out[name] = {"from": rec["second"][idx[0]], "to": rec["second"][idx[-1]],
+                     "total_ms": float(tot), "vision_ms": float(np.median([rec["vision_ms"][i] for i in idx])),
+                     "prefill_ms": float(np.median([rec["prefill_ms"][i] for i in idx])),
+                     "decode_ms": float(np.median(dec)),
+                     "ms_per_token": float(np.median(dec / np.maximum(tokens, 1))),
+                     "tokens_per_s": float(np.median(1e3 * tokens / np.maximum(dec, 1e-9)))}
+    out["late_over_early"] = out["late"]["total_ms"] / out["early"]["total_ms"]
+    return out
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for mode, rec in result["modes"].items():
+        s = np.asarray(rec["second"][1:])
+        if s.size == 0:
+            continue
+        tot = np.asarray(rec["total_ms"][1:])
+        per_tok = np.asarray(rec["decode_ms"][1:]) / np.maximum(np.asarray(rec["tokens"][1:]), 1)
+        k = max(1, s.size // 200)  # rolling median over k seconds for readability
+        med = lambda a: np.array([np.median(a[max(0, i - k + 1):i + 1]) for i in range(a.size)])  # noqa: E731
+        line, = ax1.plot(s, med(tot), label=mode, lw=1.2)
+        ax1.plot(s, tot, color=line.get_color(), alpha=0.15, lw=0.5)
+        ax2.plot(s, med(per_tok), label=mode, lw=1.2, color=line.get_color())
+    ax1.set(xlabel="stream second", ylabel="latency per second of video (ms)", yscale="log",
+            title=f"{result['preset']} on {result['device']}: vision + prefill + decode")
+    ax2.set(xlabel="stream second", ylabel="decode ms per generated token", yscale="log", title="decode")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench_stream", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=("tiny", "100m", "3b", "7b"), default="tiny")
+    ap.add_argument("--seconds", type=int, default=600)
+    ap.add_argument("--modes", default="streaming,full,recompute", help=f"comma list of {MODES}")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="default: float32 on CPU, bfloat16 on GPU")
+    ap.add_argument("--frame", default="720p", help="frame size before smart_resize: 720p, 360p or HxW pixels")
+    ap.add_argument("--grid", default=None, help="patch grid HxW instead of --frame (e.g. 8x8 for CPU runs)")
+    ap.add_argument("--fps", type=int, default=2)
+    ap.add_argument("--vision-window", type=int, default=16)
+    ap.add_argument("--text-sink", type=int, default=512)
+    ap.add_argument("--text-window", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=20)
+    ap.add_argument("--previous-text", action="store_true", help="start with 800 tokens of previous text")
+    ap.add_argument("--max-cache-gib", type=float, default=4.0, help="memory cap of mode full")
+    ap.add_argument("--mode-budget-s", type=float, default=0.0, help="stop a mode after this wall time (0 = off)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", type=int, default=0, help="print every N seconds")
+    ap.add_argument("--out", default="docs/figures")
+    args = ap.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown mode(s) {bad}; choose from {MODES}")
+    backend = jax.default_backend()
+    dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
+    cfg = ModelConfig.preset(args.preset, dtype=dtype)
+    grid = grid_of(args)
+    n_vision = (-(-args.fps // 2)) * grid[0] * grid[1] // 4
+    scfg = StreamConfig(vision_window=args.vision_window, text_sink=args.text_sink, text_window=args.text_window,
+                        max_new_tokens=args.max_new_tokens, vision_tokens=n_vision)
+    sampling = SamplingConfig()
+    t0 = time.perf_counter()
+    params = random_params(cfg, args.seed, jnp.dtype(dtype))
+    jax.block_until_ready(params)
+    tok = bench_tokenizer(cfg)
+    device = jax.devices()[0]
+    result = {
+        "preset": args.preset, "params": count_params(params), "dtype": dtype,
+        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}", "host": platform.node(),
+        "cpu_count": os.cpu_count(), "jax": jax.__version__, "grid_patches": list(grid), "fps": args.fps,
+        "vision_tokens_per_second": n_vision, "stream_config": scfg.__dict__,
+        "cache_bytes_streaming": cache_bytes(cfg, scfg), "command": " ".join(["python -m experiments.bench_stream"]
+                                                                            + (argv or sys.argv[1:])),
+        "init_s": round(time.perf_counter() - t0, 2), "modes": {},
+    }
+    print(f"{args.preset}: {result['params'] / 1e6:.1f}M params, {dtype}, {result['device']}, grid {grid}, "
+          f"{n_vision} vision tokens/s", file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"bench_stream_{args.preset}")
+    for mode in modes:
+        t = time.perf_counter()
+        result["modes"][mode] = rec = run_mode(mode, cfg, params, tok, scfg, sampling, args, grid)
+        s = rec["summary"]
+        msg = (f"{mode}: {len(rec['second'])} s in {time.perf_counter() - t:.0f} s wall"
+               + (f"; stopped: {rec['stopped']}" if rec["stopped"] else ""))
+        if s:
+            msg += (f"; median ms/s {s['early']['total_ms']:.2f} (s {s['early']['from']}-{s['early']['to']}) -> "
+                    f"{s['late']['total_ms']:.2f} (s {s['late']['from']}-{s['late']['to']}), "
+                    f"ratio {s['late_over_early']:.3f}; decode {s['late']['ms_per_token']:.3f} ms/token")
+        print(msg, file=sys.stderr, flush=True)
+        with open(stem + ".json", "w") as f:  # rewritten after each mode, so a long run loses nothing
+            json.dump(result, f)
+        plot(result, stem + ".png")
+    print(f"wrote {stem}.json and {stem}.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
