@@ -92,7 +92,8 @@ def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
     st = Streamer(cfg, params, tok, scfg, sampling=sampling, seed=args.seed, mode=mode,
                   previous_text=" ".join(["red ball"] * 400) if args.previous_text else None,
                   max_cache_bytes=int(args.max_cache_gib * 2**30))
-    rec = {k: [] for k in ("second", "vision_ms", "prefill_ms", "decode_ms", "tokens", "total_ms", "slots")}
+    rec = {k: [] for k in ("second", "vision_ms", "prefill_ms", "decode_ms", "tokens", "total_ms", "cpu_ms",
+                           "slots")}
     stopped = None
     t_mode = time.perf_counter()
     secs = synthetic_seconds(cfg, grid, fps=args.fps, seconds=args.seconds, seed=args.seed)
@@ -101,14 +102,14 @@ def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
             stopped = f"time budget of {args.mode_budget_s:g} s reached at second {i}"
             break
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             c = st.step([sec])[0]
-            total = 1e3 * (time.perf_counter() - t0)
+            total, cpu = 1e3 * (time.perf_counter() - t0), 1e3 * (time.process_time() - c0)
         except CacheFull as e:
             stopped = f"cache full at second {i}: {e}"
             break
         for k, v in (("second", i), ("vision_ms", c.vision_ms), ("prefill_ms", c.prefill_ms),
-                     ("decode_ms", c.decode_ms), ("tokens", c.n_tokens), ("total_ms", total),
+                     ("decode_ms", c.decode_ms), ("tokens", c.n_tokens), ("total_ms", total), ("cpu_ms", cpu),
                      ("slots", st.scfg.layout.size)):
             rec[k].append(round(v, 4) if isinstance(v, float) else v)
         if args.progress and (i + 1) % args.progress == 0:
@@ -120,12 +121,11 @@ def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
 
 
 def _window(rec, lo, hi):
-    idx = [i for i, s in enumerate(rec["second"]) if lo <= s < hi]
-    return idx
+    return [i for i, s in enumerate(rec["second"]) if lo <= s < hi]
 
 
 def summarize(rec) -> dict:
-    """Medians over an early window (seconds 60-160) and the last 100 seconds, compile second excluded."""
+    """Medians over an early window (seconds 60-159) and the last 100 seconds, compile second excluded."""
     n = len(rec["second"])
     if n < 2:
         return {}
@@ -134,19 +134,35 @@ def summarize(rec) -> dict:
     late = list(range(max(1, n - 100), n))
     for name, idx in (("early", early), ("late", late)):
         tot = np.median([rec["total_ms"][i] for i in idx])
+        cpu = np.median([rec["cpu_ms"][i] for i in idx])
         dec = np.array([rec["decode_ms"][i] for i in idx])
         tokens = np.array([rec["tokens"][i] for i in idx])
-        out[name] = {"from": rec["second"][idx[0]], "to": rec["second"][idx[-1]],
-                     "total_ms": float(tot), "vision_ms": float(np.median([rec["vision_ms"][i] for i in idx])),
+        out[name] = {"from": rec["second"][idx[0]], "to": rec["second"][idx[-1]], "total_ms": float(tot),
+                     "cpu_ms": float(cpu), "vision_ms": float(np.median([rec["vision_ms"][i] for i in idx])),
                      "prefill_ms": float(np.median([rec["prefill_ms"][i] for i in idx])),
                      "decode_ms": float(np.median(dec)),
                      "ms_per_token": float(np.median(dec / np.maximum(tokens, 1))),
                      "tokens_per_s": float(np.median(1e3 * tokens / np.maximum(dec, 1e-9)))}
     out["late_over_early"] = out["late"]["total_ms"] / out["early"]["total_ms"]
+    for name, idx in (("early", early), ("late", late)):
+        out[name]["p10_total_ms"] = float(np.percentile([rec["total_ms"][i] for i in idx], 10))
+    # The trend over the whole run: a line through a statistic of 100-second windows, end over start. Wall
+    # medians move with whatever else runs on the machine; CPU time and the 10th percentile much less.
+    sec = np.asarray(rec["second"][1:])
+    if sec.size >= 300:
+        for name, key, stat in (("trend_cpu_median", "cpu_ms", np.median),
+                                ("trend_wall_p10", "total_ms", lambda a: np.percentile(a, 10))):
+            val = np.asarray(rec[key][1:])
+            pts = [(sec[i:i + 100].mean(), stat(val[i:i + 100])) for i in range(0, sec.size - 99, 100)]
+            slope, icpt = np.polyfit(*zip(*pts), 1)
+            out[name] = float((icpt + slope * sec[-1]) / (icpt + slope * sec[0]))
+    # Process CPU time (all threads) per second: the work done, insensitive to sharing the machine.
+    out["cpu_late_over_early"] = out["late"]["cpu_ms"] / out["early"]["cpu_ms"]
     return out
 
 
 def plot(result: dict, path: str) -> None:
+    """PNG: latency per second of video and decode ms per token against stream second, one line per mode."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,6 +191,7 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; writes <out>/bench_stream_<preset>.json and .png after every mode."""
     ap = argparse.ArgumentParser(prog="python -m experiments.bench_stream", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=("tiny", "100m", "3b", "7b"), default="tiny")
     ap.add_argument("--seconds", type=int, default=600)
@@ -234,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         if s:
             msg += (f"; median ms/s {s['early']['total_ms']:.2f} (s {s['early']['from']}-{s['early']['to']}) -> "
                     f"{s['late']['total_ms']:.2f} (s {s['late']['from']}-{s['late']['to']}), "
-                    f"ratio {s['late_over_early']:.3f}; decode {s['late']['ms_per_token']:.3f} ms/token")
+                    f"ratio {s['late_over_early']:.3f}, CPU time {s['cpu_late_over_early']:.3f}; trend over the run: "
+                    f"CPU median {s.get('trend_cpu_median', float('nan')):.3f}, wall p10 "
+                    f"{s.get('trend_wall_p10', float('nan')):.3f}; decode {s['late']['ms_per_token']:.3f} ms/token")
         print(msg, file=sys.stderr, flush=True)
         with open(stem + ".json", "w") as f:  # rewritten after each mode, so a long run loses nothing
             json.dump(result, f)

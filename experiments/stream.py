@@ -46,6 +46,7 @@ class Outputs:
             self.vtt.flush()
 
     def write(self, c: Comment) -> None:
+        """Emit one second: a JSON line or `[t0-t1s] text` (silent seconds print nothing), and a VTT cue."""
         self.count += 1
         if self.jsonl:
             print(json.dumps(c.to_json(), ensure_ascii=False), file=self.out, flush=True)
@@ -56,6 +57,7 @@ class Outputs:
             self.vtt.flush()
 
     def close(self) -> None:
+        """Close the VTT file (everything was already flushed). Safe to call twice."""
         if self.vtt is not None:
             self.vtt.close()
             self.vtt = None
@@ -84,6 +86,7 @@ def run(streamer: Streamer, seconds: Iterable, outputs: Outputs) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The CLI's flags; defaults are StreamConfig's and SamplingConfig's."""
     d, s = StreamConfig(), SamplingConfig()
     ap = argparse.ArgumentParser(prog="python -m experiments.stream", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="checkpoint directory (svlm_jax.save / converters.hf_to_jax)")

@@ -103,10 +103,12 @@ class StreamConfig:
                 raise ValueError(f"Invalid StreamConfig: {msg}.")
 
     def replace(self, **kw) -> "StreamConfig":
+        """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **kw)
 
     @property
     def layout(self) -> "CacheLayout":
+        """The slot layout these capacities give."""
         return CacheLayout.of(self)
 
 
@@ -129,6 +131,7 @@ class CacheLayout:
 
     @classmethod
     def of(cls, s: StreamConfig) -> "CacheLayout":
+        """The layout of StreamConfig `s`."""
         prompt = s.round_tokens + s.vision_tokens
         row = prompt + s.max_new_tokens + 2
         query = s.prefix_tokens

@@ -271,6 +271,7 @@ class Comment:
     partial: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON line of the CLI's --jsonl: t0, t1, text, phase milliseconds and tokens."""
         return {"t0": self.t0, "t1": self.t1, "text": self.text, "vision_ms": round(self.vision_ms, 3),
                 "prefill_ms": round(self.prefill_ms, 3), "decode_ms": round(self.decode_ms, 3),
                 "tokens": self.n_tokens}

@@ -169,8 +169,10 @@ def test_batch_of_three_equals_each_alone(params, tok):
     prevs = [None, "red ball bounces", "what a shot goal"]
     starts = [0.0, 100.0, 7.0]
 
+    grids = [(4, 4), (4, 4), (2, 8)]  # the third stream has another frame size (same token count)
+
     def gens():
-        return [synthetic_seconds(CFG, (4, 4), seconds=9, start=starts[b], seed=10 + b) for b in range(3)]
+        return [synthetic_seconds(CFG, grids[b], seconds=9, start=starts[b], seed=10 + b) for b in range(3)]
 
     together = Streamer(CFG, params, tok, scfg, sampling=GREEDY, batch=3, query=queries, previous_text=prevs)
     got = [[] for _ in range(3)]
@@ -273,3 +275,13 @@ def test_config_that_cannot_fit_the_prompt(params, tok):
         small(pos_mode="rope")
     with pytest.raises(ValueError, match="one per stream"):
         Streamer(CFG, params, tok, small(), batch=2, query=["a", "b", "c"])
+
+
+def test_bfloat16_stream_runs(params, tok):
+    """The GPU path: bf16 compute, params and cache; tokens stay in the vocabulary."""
+    cfg = CFG.replace(dtype="bfloat16")
+    p16 = jax.tree_util.tree_map(lambda x: x.astype(jax.numpy.bfloat16), params)
+    st = Streamer(cfg, p16, tok, small(), sampling=GREEDY)
+    out = [c.tokens for c in st.run(synthetic_seconds(cfg, seconds=6, seed=12))]
+    assert st.cache.k[0].dtype == jax.numpy.bfloat16 and st.cache.k[0].shape[1] == small().layout.size
+    assert all(0 <= t < cfg.text.vocab_size for toks in out for t in toks) and any(out)
