@@ -64,7 +64,8 @@ class StreamConfig:
     vision_window: seconds of vision (user blocks and their commentary turns) kept, current included.
     text_sink / text_window: the first / last tokens of older commentary kept (previous text counts).
     max_new_tokens: the most tokens generated per second.
-    vision_tokens: the most merged vision tokens of one second (720 for 720p at 2 FPS, at most 768).
+    vision_tokens: the most merged vision tokens of one second (720 for 720p at 2 FPS, at most 768 at
+        2 FPS under the reference's pixel budget). None lets `Streamer` size it to the first second.
     round_tokens: the most text tokens of one round besides its vision tokens and the query
         (user header with time stamp, vision markers, assistant header).
     prefix_tokens: room for the system block and the previous-text header and tail.
@@ -78,7 +79,7 @@ class StreamConfig:
     text_sink: int = 512
     text_window: int = 512
     max_new_tokens: int = 20
-    vision_tokens: int = 768
+    vision_tokens: int | None = 768
     round_tokens: int = 40
     prefix_tokens: int = 64
     query_tokens: int = 128
@@ -92,7 +93,8 @@ class StreamConfig:
             (self.text_sink >= 0 and self.text_window >= 0,
              f"text_sink and text_window must be >= 0, got {self.text_sink} and {self.text_window}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-            (self.vision_tokens >= 1, f"vision_tokens must be >= 1, got {self.vision_tokens}"),
+            (self.vision_tokens is None or self.vision_tokens >= 1,
+             f"vision_tokens must be >= 1 or None, got {self.vision_tokens}"),
             (self.round_tokens >= 8, f"round_tokens must be >= 8, got {self.round_tokens}"),
             (self.prefix_tokens >= 1 and self.query_tokens >= 0,
              f"prefix_tokens must be >= 1 and query_tokens >= 0, got {self.prefix_tokens} and {self.query_tokens}"),
@@ -132,6 +134,9 @@ class CacheLayout:
     @classmethod
     def of(cls, s: StreamConfig) -> "CacheLayout":
         """The layout of StreamConfig `s`."""
+        if s.vision_tokens is None:
+            raise ValueError("StreamConfig.vision_tokens is None, so the layout is not known yet; pass the number "
+                             "of vision tokens per second (Streamer sizes it from the first second).")
         prompt = s.round_tokens + s.vision_tokens
         row = prompt + s.max_new_tokens + 2
         query = s.prefix_tokens

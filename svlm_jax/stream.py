@@ -330,28 +330,45 @@ class Streamer:
             if q and len(tokenizer.encode(q)) > scfg.query_tokens:
                 raise ValueError(f"The query takes {len(tokenizer.encode(q))} tokens but StreamConfig.query_tokens "
                                  f"is {scfg.query_tokens}; raise query_tokens or shorten the query.")
-        self._check_budget(scfg)
-        self.hosts = []
+        self._prefixes = []
         for b in range(batch):
-            hs = HostStream(scfg, im_end=tokenizer.im_end, newline=nl[0], silence=self.silence,
-                            spatial_merge_size=cfg.vision.spatial_merge_size,
-                            tokens_per_second=cfg.vision.tokens_per_second)
             pre = build_prefix(tokenizer, truncate_middle(prev_ids[b], scfg.text_sink, scfg.text_window),
                                system=systems[b])
-            hs.start(pre.ids[:pre.prev_start], pre.ids[pre.prev_start:pre.prev_end], pre.ids[pre.prev_end:])
-            self.hosts.append(hs)
+            head, tail = pre.ids[:pre.prev_start], pre.ids[pre.prev_end:]
+            if len(head) + len(tail) > scfg.prefix_tokens:
+                raise ValueError(f"The system prompt and previous-text header take {len(head) + len(tail)} tokens "
+                                 f"but StreamConfig.prefix_tokens is {scfg.prefix_tokens}; raise prefix_tokens or "
+                                 f"shorten the system prompt.")
+            self._prefixes.append((head, pre.ids[pre.prev_start:pre.prev_end], tail))
         # Commit the cache to the params' device: jit keys on committedness, and the cache that comes back
         # from a step is committed, so an uncommitted first cache would compile every step twice.
         leaf = jax.tree_util.tree_leaves(params)[0]
         self.device = next(iter(leaf.devices())) if isinstance(leaf, jax.Array) else jax.devices()[0]
-        self.cache = jax.device_put(init_cache(cfg, scfg, batch, cache_dtype), self.device)
+        self.hosts: list[HostStream] = []
+        self.cache: StreamCache | None = None
+        self._newline = nl[0]
+        if scfg.vision_tokens is not None:
+            self._build(scfg)
         base = jax.random.key(seed)
         self.keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(batch))
         self.last_logits: np.ndarray | None = None
         self.last_prefill_logits: np.ndarray | None = None
-        self._window_pixels: list[list[tuple[np.ndarray, tuple[int, ...]] | None]] = [
-            [None] * scfg.vision_window for _ in range(batch)]
         self._meta: dict[tuple, dict] = {}
+
+    def _build(self, scfg: StreamConfig) -> None:
+        """Create the host tables and the device cache for a config whose capacities are all known."""
+        self._check_budget(scfg)
+        self.scfg = scfg
+        self.hosts = []
+        for head, prev, tail in self._prefixes:
+            hs = HostStream(scfg, im_end=self.tok.im_end, newline=self._newline, silence=self.silence,
+                            spatial_merge_size=self.cfg.vision.spatial_merge_size,
+                            tokens_per_second=self.cfg.vision.tokens_per_second)
+            hs.start(head, prev, tail)
+            self.hosts.append(hs)
+        self.cache = jax.device_put(init_cache(self.cfg, scfg, self.batch, self.cache_dtype), self.device)
+        self._window_pixels: list[list[tuple[np.ndarray, tuple[int, ...]] | None]] = [
+            [None] * scfg.vision_window for _ in range(self.batch)]
 
     # ---------------------------------------------------------------- sizes
     def _check_budget(self, scfg: StreamConfig) -> None:
@@ -362,7 +379,9 @@ class Streamer:
                                 f"seconds, above the cap of {self.max_cache_bytes / 2**30:.3f} GiB.")
 
     def cache_bytes(self) -> int:
-        """Bytes of the device cache plus the host bookkeeping."""
+        """Bytes of the device cache plus the host bookkeeping (0 before a lazily sized cache exists)."""
+        if self.cache is None:
+            return 0
         return tree_bytes(self.cache) + sum(h.nbytes() for h in self.hosts)
 
     def _grow(self) -> None:
@@ -421,7 +440,13 @@ class Streamer:
         if len(seconds) != self.batch:
             raise ValueError(f"step got {len(seconds)} seconds for {self.batch} streams; pass one per stream "
                              f"(None for an ended stream).")
-        scfg, cfg = self.scfg, self.cfg
+        cfg, merge = self.cfg, self.cfg.vision.merge_unit
+        if self.cache is None:  # vision_tokens=None: size the rows to the first second's frames
+            sizes = [int(np.prod(np.asarray(s.grid_thw).reshape(-1)[:3])) // merge for s in seconds if s is not None]
+            if not sizes:
+                return [None] * self.batch
+            self._build(self.scfg.replace(vision_tokens=max(sizes)))
+        scfg = self.scfg
         if not scfg.evict and any(s is not None and h.second >= scfg.vision_window
                                   for s, h in zip(seconds, self.hosts)):
             self._grow()
@@ -433,7 +458,6 @@ class Streamer:
         grids: list[tuple | None] = []
         pixels: list[np.ndarray | None] = []
         n_vis: list[int] = []
-        merge = cfg.vision.merge_unit
         for b, sec in enumerate(seconds):
             if sec is None:
                 grids.append(None), pixels.append(None), n_vis.append(0)

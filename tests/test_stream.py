@@ -285,3 +285,12 @@ def test_bfloat16_stream_runs(params, tok):
     out = [c.tokens for c in st.run(synthetic_seconds(cfg, seconds=6, seed=12))]
     assert st.cache.k[0].dtype == jax.numpy.bfloat16 and st.cache.k[0].shape[1] == small().layout.size
     assert all(0 <= t < cfg.text.vocab_size for toks in out for t in toks) and any(out)
+
+
+def test_vision_tokens_sized_from_the_first_second(params, tok):
+    st = Streamer(CFG, params, tok, small(vision_tokens=None), sampling=GREEDY)
+    assert st.cache_bytes() == 0
+    out = [c.tokens for c in st.run(synthetic_seconds(CFG, (4, 4), seconds=3, seed=13))]
+    ref = Streamer(CFG, params, tok, small(), sampling=GREEDY)
+    assert st.scfg.vision_tokens == 4 and out == [c.tokens for c in ref.run(synthetic_seconds(CFG, (4, 4), seconds=3,
+                                                                                              seed=13))]
