@@ -290,8 +290,9 @@ class Streamer:
     """B streams of live commentary over one model, stepped one second at a time.
 
     cfg, params: the model (`svlm_jax.load`); tokenizer: a `ChatTokenizer` of the checkpoint.
-    scfg: cache capacities and policy; sampling: token choice; seed: sampler seed (stream b uses
-    fold_in(seed, b), so a stream samples the same tokens alone or in a batch).
+    scfg: cache capacities and policy; sampling: token choice; seed: sampler seed. Stream b samples with
+    fold_in(seed, stream_ids[b]) (default stream_ids = 0..B-1), so a stream given the same id samples the
+    same tokens alone or in any batch.
     system, query, previous_text: a value for all streams or a list with one per stream (None = none).
     mode: one of MODES (see the module docstring). max_cache_bytes caps the cache of mode "full".
     keep_logits: keep the last step's logits in `last_logits` (for tests).
@@ -302,7 +303,8 @@ class Streamer:
                  batch: int = 1, seed: int = 0, system: str | Sequence[str] = DEFAULT_SYSTEM,
                  query: str | None | Sequence[str | None] = DEFAULT_QUERY,
                  previous_text: str | None | Sequence[str | None] = None, mode: str = "streaming",
-                 max_cache_bytes: int | None = None, cache_dtype=None, keep_logits: bool = False):
+                 max_cache_bytes: int | None = None, cache_dtype=None, keep_logits: bool = False,
+                 stream_ids: Sequence[int] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if batch < 1:
@@ -349,8 +351,11 @@ class Streamer:
         self._newline = nl[0]
         if scfg.vision_tokens is not None:
             self._build(scfg)
+        ids = list(range(batch)) if stream_ids is None else [int(i) for i in stream_ids]
+        if len(ids) != batch:
+            raise ValueError(f"stream_ids has {len(ids)} entries for {batch} streams; pass one per stream.")
         base = jax.random.key(seed)
-        self.keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(batch))
+        self.keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids))
         self.last_logits: np.ndarray | None = None
         self.last_prefill_logits: np.ndarray | None = None
         self._meta: dict[tuple, dict] = {}

@@ -256,8 +256,13 @@ def test_sampling_rules():
 
 def test_sampled_streams_are_seedable(params, tok):
     secs = list(synthetic_seconds(CFG, seconds=3, seed=9))
-    run = lambda seed: [c.tokens for c in Streamer(CFG, params, tok, small(), seed=seed).run(secs)]  # noqa: E731
+    run = lambda seed, ids=None: [c.tokens for c in Streamer(CFG, params, tok, small(), seed=seed,  # noqa: E731
+                                                              stream_ids=ids).run(secs)]
     assert run(1) == run(1) != run(2)
+    # Sampling is per stream: stream 1 of a batch samples what it samples alone with the same id.
+    pair = Streamer(CFG, params, tok, small(), seed=1, batch=2, query=[None, DEFAULT_QUERY])
+    together = [pair.step([s, s])[1].tokens for s in secs]
+    assert together == run(1, [1]) != run(1)
 
 
 # ------------------------------------------------------------------------------------------ bad configs
