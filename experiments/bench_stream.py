@@ -111,7 +111,7 @@ def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
         for k, v in (("second", i), ("vision_ms", c.vision_ms), ("prefill_ms", c.prefill_ms),
                      ("decode_ms", c.decode_ms), ("tokens", c.n_tokens), ("total_ms", total), ("cpu_ms", cpu),
                      ("slots", st.scfg.layout.size)):
-            rec[k].append(round(v, 4) if isinstance(v, float) else v)
+            rec[k].append(round(v, 3) if isinstance(v, float) else v)
         if args.progress and (i + 1) % args.progress == 0:
             print(f"  {mode}: second {i + 1}, {total:.1f} ms", file=sys.stderr, flush=True)
     rec["stopped"] = stopped
@@ -155,7 +155,8 @@ def summarize(rec) -> dict:
             val = np.asarray(rec[key][1:])
             pts = [(sec[i:i + 100].mean(), stat(val[i:i + 100])) for i in range(0, sec.size - 99, 100)]
             slope, icpt = np.polyfit(*zip(*pts), 1)
-            out[name] = float((icpt + slope * sec[-1]) / (icpt + slope * sec[0]))
+            if icpt + slope * sec[0] > 0:  # a line is a poor model of a growing mode; skip nonsense fits
+                out[name] = float((icpt + slope * sec[-1]) / (icpt + slope * sec[0]))
     # Process CPU time (all threads) per second: the work done, insensitive to sharing the machine.
     out["cpu_late_over_early"] = out["late"]["cpu_ms"] / out["early"]["cpu_ms"]
     return out
