@@ -17,7 +17,6 @@ import time
 from typing import Any, Callable, Iterator
 
 import jax
-import numpy as np
 
 from svlm_jax.data.pipeline import SKIPPED_KEY
 from svlm_jax.train import sharding as shd
@@ -171,7 +170,7 @@ def train(trainer: Trainer, init_state: Callable[[], TrainState], train_iter, cf
     skipped: collections.Counter = collections.Counter()
     lead = jax.process_index() == 0
     last_loss = last_eval = None
-    tokens_seen, t_start = 0, time.time()
+    t_start = time.time()
     interrupted = False
     pbar = None
     if cfg.progress and lead:
@@ -209,13 +208,12 @@ def train(trainer: Trainer, init_state: Callable[[], TrainState], train_iter, cf
                         f"intact. Lower the learning rate or check the data.")
                 step += 1
                 dt = time.time() - t0
-                tokens_seen += n_input * jax.process_count()
                 last_loss = loss_sum / max(n_tok, 1.0)
                 lr = trainer.lr(step - 1)
                 row = {"kind": "train", "step": step, "loss": last_loss, "lr": lr,
                        "label_tokens": n_tok, "tokens": n_input * jax.process_count(),
                        "tok_s": n_input * jax.process_count() / max(dt, 1e-9),
-                       "grad_norm": float(np.sqrt(sum(float(m["grad_norm"]) ** 2 for m in outs))),
+                       "grad_norm": float(outs[-1]["grad_norm"]),
                        "skipped": sum(skipped.values()), "time": time.time() - t_start}
                 write(row)
                 if pbar is not None:

@@ -108,11 +108,15 @@ class Trainer:
                          tokens=jnp.where(emit, 0.0, total), params=params, opt_state=opt_state)
         finite = jnp.isfinite(ce_sum) & _all_finite(grads)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
-        # Norm of this microbatch's contribution to the token-mean gradient (trainable params only).
-        trainable = jax.tree_util.tree_map(lambda g, lab: g if lab == "train" else jnp.zeros_like(g),
-                                           grads, self.labels)
+        # Norm of the token-mean gradient accumulated so far (trainable params, before clipping); on the
+        # last microbatch of a step it is the step's gradient norm.
+        acc = grads
+        if isinstance(state.opt_state, optax.MultiStepsState):
+            acc = jax.tree_util.tree_map(lambda a, g: a + g, state.opt_state.acc_grads, grads)
+        trainable = [g for g, lab in zip(jax.tree_util.tree_leaves(acc), jax.tree_util.tree_leaves(self.labels))
+                     if lab == "train"]
         metrics = {"loss_sum": ce_sum, "tokens": n, "finite": finite,
-                   "grad_norm": optax.global_norm(trainable) / jnp.maximum(n, 1.0)}
+                   "grad_norm": optax.global_norm(trainable) / jnp.maximum(total, 1.0)}
         return new, metrics
 
     def _eval_step(self, params, batch):

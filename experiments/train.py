@@ -1,0 +1,314 @@
+"""SFT over overlapped chunks (StreamingVLM's recipe), end to end.
+
+With no arguments it runs the embedded demo on a CPU in a few minutes: it writes a synthetic
+commentary dataset (shapes that enter, bounce and leave, narrated word by word), trains a tiny
+model from scratch on 12-second chunks overlapping by 6, prints the loss against the unigram
+baseline, then streams the trained model over a held-out 5-minute video and scores how often it
+names the events.
+
+    python -m experiments.train                         # the demo, into runs/default
+    python -m experiments.train --init ckpt/streamingvlm --data train_s12w24_with_seeks.jsonl \\
+        --video-root /data/Inf-Stream-Train --out runs/sft --batch-size 8 --accum 64 --fsdp 8
+
+With --data the defaults become the reference recipe (24/12-s chunks, 512/512 previous-text tokens,
+lr 1e-5 with 3% warmup, frozen vision, bf16 compute). Rerunning a command resumes from its --out.
+See docs/TRAINING.md for every flag and for multi-host launches.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+
+# Recipes: what an unset flag means with --data (the reference) and without it (the synthetic demo).
+REFERENCE = dict(preset="7b", steps=3000, batch_size=8, accum=64, lr=1e-5, warmup_ratio=0.03, weight_decay=0.0,
+                 freeze="visual", dtype="bfloat16", window=24, overlap=12, text_sink=512, text_window=512,
+                 min_pixels=100 * 28 * 28, max_pixels=768 * 28 * 28, eval_every=100, save_every=20,
+                 eval_batches=8, workers=4, max_seq_len=32768)
+DEMO = dict(preset="tiny", steps=450, batch_size=8, accum=1, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
+            freeze="none", dtype="float32", window=12, overlap=6, text_sink=32, text_window=32,
+            min_pixels=56 * 56, max_pixels=56 * 56, eval_every=75, save_every=75, eval_batches=4, workers=1,
+            max_seq_len=1024)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="training JSONL in the reference format (default: write the synthetic demo set)")
+    g.add_argument("--val-data", help="validation JSONL (default: --val-fraction of the training videos)")
+    g.add_argument("--val-fraction", type=float, default=0.01, help="videos held out for eval without --val-data")
+    g.add_argument("--video-root", help="directory relative video paths are joined to (default: the JSONL's)")
+    g.add_argument("--tokenizer", help="tokenizer.json or its directory (default: the --init checkpoint's)")
+    g.add_argument("--window", type=int, help="chunk length in seconds (reference 24)")
+    g.add_argument("--overlap", type=int, help="chunk overlap in seconds (reference 12)")
+    g.add_argument("--min-words-per-second", type=float, default=2.0, help="keep chunks with >= this * window words")
+    g.add_argument("--text-sink", type=int, help="previous-text tokens kept from its start (reference 512)")
+    g.add_argument("--text-window", type=int, help="previous-text tokens kept from its end (reference 512)")
+    g.add_argument("--fps", type=int, default=2, help="frames per second fed to the model")
+    g.add_argument("--min-pixels", type=int, help="per-frame pixel floor for smart_resize")
+    g.add_argument("--max-pixels", type=int, help="per-frame pixel budget for smart_resize")
+    g.add_argument("--max-seq-len", type=int, help="longest sample in tokens; longer chunks are skipped")
+    g.add_argument("--workers", type=int, help="Grain worker processes that decode video")
+    m = p.add_argument_group("model")
+    m.add_argument("--init", help="svlm-jax checkpoint to fine-tune (converters/hf_to_jax makes one)")
+    m.add_argument("--preset", help="architecture for a from-scratch model: tiny, 100m, 3b, 7b")
+    m.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (params stay float32)")
+    m.add_argument("--no-remat", action="store_true", help="keep activations instead of recomputing each layer")
+    m.add_argument("--freeze", help="comma-separated parameter prefixes not trained ('visual'; 'none')")
+    o = p.add_argument_group("optimization")
+    o.add_argument("--steps", type=int, help="optimizer steps")
+    o.add_argument("--batch-size", type=int, help="sequences per microbatch, over all devices and hosts")
+    o.add_argument("--accum", type=int, help="microbatches per optimizer step")
+    o.add_argument("--lr", type=float, help="peak learning rate")
+    o.add_argument("--warmup-ratio", type=float, help="share of steps with linear warmup")
+    o.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    o.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip (0: off)")
+    o.add_argument("--seed", type=int, default=0, help="data order and init seed")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", default="runs/default", help="run directory (checkpoints, logs, plot, model)")
+    r.add_argument("--eval-every", type=int, help="steps between eval passes")
+    r.add_argument("--eval-batches", type=int, help="batches per eval pass (0: no eval)")
+    r.add_argument("--save-every", type=int, help="steps between checkpoints")
+    r.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    r.add_argument("--no-stream-eval", action="store_true", help="skip the demo's streaming evaluation")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("devices")
+    d.add_argument("--data-parallel", type=int, default=-1, help="mesh 'data' axis size (-1: what fsdp leaves)")
+    d.add_argument("--fsdp", type=int, default=1, help="mesh 'fsdp' axis size: params and Adam state split over it")
+    d.add_argument("--coordinator", help="multi-host: host:port of process 0")
+    d.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    d.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    d.add_argument("--distributed-auto", action="store_true", help="multi-host: detect SLURM/MPI/TPU settings")
+    args = p.parse_args(argv)
+    args.demo = args.data is None
+    for k, v in (DEMO if args.demo else REFERENCE).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.demo and args.init:
+        p.error("--init needs --data: the synthetic demo trains a tiny model from scratch.")
+    return args
+
+
+# Flags that may change between a run and its resumption; all others must match.
+_RESUMABLE = {"eval_every", "eval_batches", "save_every", "keep", "workers", "no_stream_eval", "no_progress",
+              "coordinator", "num_processes", "process_id", "distributed_auto"}
+
+
+def _check_resume(args, out: str) -> None:
+    """Write the run's flags, or make sure a resumed run uses the same ones."""
+    path = os.path.join(out, "run.json")
+    flags = {k: v for k, v in sorted(vars(args).items())}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = {k: (old.get(k), v) for k, v in flags.items() if k not in _RESUMABLE and old.get(k) != v}
+        if diff:
+            raise SystemExit(f"{out} holds a run with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
+                             "rerun with the same flags to resume, or pick a new --out.")
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        json.dump(flags, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _split_by_video(records, fraction: float, seed: int):
+    videos = sorted({r.video for r in records})
+    n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
+    held = set(random.Random(seed).sample(videos, n_val))
+    return [r for r in records if r.video not in held], [r for r in records if r.video in held]
+
+
+def unigram_baseline(chunks, tok, sample_cfg, limit: int = 2000) -> float:
+    """Entropy (nats/token) of the labelled tokens of up to `limit` chunks: the best loss without context."""
+    from svlm_jax.data.sample import tokenize_chunk
+    from svlm_jax.train.loop import unigram_entropy
+
+    counts: collections.Counter = collections.Counter()
+    step = max(1, len(chunks) // limit)
+    for c in chunks[::step]:
+        ids, mask = tokenize_chunk(tok, c, 0, sample_cfg)
+        counts.update(ids[mask].tolist())
+    return unigram_entropy(counts)
+
+
+def stream_eval(cfg, params, tok, paths, args, log) -> dict:
+    """Stream the trained model over the held-out synthetic video and score its event calls."""
+    from svlm_jax.cache import StreamConfig
+    from svlm_jax.data.synthetic import load_events, score_commentary
+    from svlm_jax.stream import SamplingConfig, Streamer
+    from svlm_jax.video import FrameStream
+
+    events = load_events(paths["stream_events"])
+    scfg = StreamConfig(vision_window=min(16, args.window), text_sink=args.text_sink, text_window=args.text_window,
+                        max_new_tokens=12, vision_tokens=64, round_tokens=40, query_tokens=0)
+    streamer = Streamer(cfg, params, tok, scfg, sampling=SamplingConfig(greedy=True), query=None)
+    comments = []
+    t0 = time.time()
+    with FrameStream(paths["stream_video"], fps=args.fps, min_pixels=args.min_pixels,
+                     max_pixels=args.max_pixels) as frames:
+        for c in streamer.run(frames):
+            comments.append((c.t0, c.text))
+    seconds = time.time() - t0
+    score = score_commentary(events, comments)
+    score["stream_seconds"] = len(comments)
+    score["wall_seconds"] = seconds
+    with open(os.path.join(args.out, "stream_eval.jsonl"), "w") as f:
+        for (t, text) in comments:
+            f.write(json.dumps({"t0": t, "text": text}) + "\n")
+    log(f"Streamed {len(comments)} s of held-out video ({len(comments) / (args.window):.0f}x a training chunk) "
+        f"in {seconds:.1f} s; transcript in {args.out}/stream_eval.jsonl")
+    for t, text in comments[:12]:
+        want = " | ".join(e.phrase for e in events if e.round == int(t)) or "..."
+        log(f"  t={t:5.1f}s  model: {text or '...':<40}  truth: {want}")
+    return score
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.time()
+    from svlm_jax.train.sharding import init_distributed
+
+    init_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed_auto)
+    import jax
+    import jax.numpy as jnp
+
+    import svlm_jax
+    from svlm_jax import ModelConfig, init_params, param_shapes
+    from svlm_jax.data import synthetic
+    from svlm_jax.data.chunker import ChunkConfig, chunk_records
+    from svlm_jax.data.format import read_jsonl
+    from svlm_jax.data.pipeline import PipelineConfig, eval_dataset, shard_chunks, train_dataset
+    from svlm_jax.data.sample import BatchShapes, SampleConfig, geometric_buckets
+    from svlm_jax.tokenizer import ChatTokenizer
+    from svlm_jax.train import loop as loop_lib
+    from svlm_jax.train.optim import OptimConfig
+    from svlm_jax.train.sharding import check_batch_size, make_mesh
+    from svlm_jax.train.step import StepConfig, Trainer
+
+    lead = jax.process_index() == 0
+    log = print if lead else (lambda *a, **k: None)
+    os.makedirs(args.out, exist_ok=True)
+    _check_resume(args, args.out)
+
+    # ---------------------------------------------------------------- model config and tokenizer
+    if args.init:
+        cfg = svlm_jax.checkpoint.load_config(args.init)
+    elif args.demo:
+        cfg = ModelConfig.tiny()
+    else:
+        cfg = ModelConfig.preset(args.preset)
+    cfg = cfg.replace(dtype=args.dtype)
+    paths = {}
+    if args.demo:
+        t = time.time()
+        spec = synthetic.SyntheticSpec(seed=args.seed)
+        paths = synthetic.write_dataset(os.path.join(args.out, "data"), spec, cfg)
+        log(f"Synthetic dataset in {args.out}/data: {spec.train_videos} train + {spec.val_videos} val videos of "
+            f"{spec.video_seconds} s, one {spec.stream_seconds}-s held-out stream ({time.time() - t:.1f} s)")
+        train_path, val_path, tok_path = paths["train"], paths["val"], paths["tokenizer"]
+    else:
+        train_path, val_path = args.data, args.val_data
+        tok_path = args.tokenizer or args.init
+        if tok_path is None:
+            raise SystemExit("No tokenizer: pass --tokenizer (a tokenizer.json) or an --init checkpoint that has one.")
+    tok = ChatTokenizer.from_dir(tok_path)
+    tok.check_model(cfg)
+
+    # ---------------------------------------------------------------- data
+    records, report = read_jsonl(train_path, args.video_root)
+    log(report.summary())
+    if val_path:
+        val_records, vrep = read_jsonl(val_path, args.video_root)
+        log(vrep.summary())
+    else:
+        records, val_records = _split_by_video(records, args.val_fraction, args.seed)
+    ccfg = ChunkConfig(window=args.window, overlap=args.overlap, min_words_per_second=args.min_words_per_second)
+    chunks, val_chunks = chunk_records(records, ccfg), chunk_records(val_records, ccfg)
+    if not chunks:
+        raise SystemExit(f"No training chunks: no record of {train_path} has {args.window}-s windows with "
+                         f"{args.min_words_per_second * args.window:g} words; check the data or --min-words-per-second.")
+    scfg = SampleConfig(text_sink=args.text_sink, text_window=args.text_window, fps=args.fps,
+                        min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_seq_len=args.max_seq_len)
+    baseline = unigram_baseline(chunks, tok, scfg)
+    log(f"{len(chunks)} training chunks, {len(val_chunks)} eval chunks ({args.window}-s windows, {args.overlap}-s "
+        f"overlap); unigram baseline of the labels: {baseline:.4f} nats/token")
+
+    mesh = make_mesh(args.data_parallel, args.fsdp)
+    check_batch_size(args.batch_size, mesh)
+    per_process = args.batch_size // jax.process_count()
+    shapes = BatchShapes(seq=geometric_buckets(256, args.max_seq_len, 64))
+    pcfg = PipelineConfig(batch_size=per_process, seed=args.seed, num_workers=args.workers, shapes=shapes,
+                          pixel_dtype=args.dtype)
+    mine = shard_chunks(chunks, jax.process_index(), jax.process_count())
+    train_iter = iter(train_dataset(mine, tok, cfg, scfg, pcfg))
+    eval_iter, eval_batches = None, 0
+    if val_chunks and args.eval_batches:
+        eval_cfg = dataclasses.replace(pcfg, num_workers=min(args.workers, 1))
+        val_mine = shard_chunks(val_chunks[: args.eval_batches * args.batch_size], jax.process_index(),
+                                jax.process_count())
+        ds, eval_batches = eval_dataset(val_mine, tok, cfg, scfg, eval_cfg)
+        eval_iter = iter(ds)
+
+    # ---------------------------------------------------------------- trainer
+    frozen = () if args.freeze in ("", "none") else tuple(s.strip() for s in args.freeze.split(",") if s.strip())
+    ocfg = OptimConfig(lr=args.lr, warmup_ratio=args.warmup_ratio, total_steps=args.steps,
+                       weight_decay=args.weight_decay, clip_norm=args.clip, accum_steps=args.accum, frozen=frozen)
+    abstract = param_shapes(cfg)
+    trainer = Trainer(cfg, ocfg, mesh, abstract, StepConfig(remat=not args.no_remat))
+
+    def fresh_state():
+        if args.init:
+            _, params = svlm_jax.load(args.init, dtype=jnp.float32)
+        else:
+            params = init_params(cfg, jax.random.key(args.seed))
+        return trainer.init(params)
+
+    lcfg = loop_lib.LoopConfig(out=args.out, total_steps=args.steps, eval_every=args.eval_every,
+                               save_every=args.save_every, keep=args.keep, eval_batches=eval_batches,
+                               baseline=baseline, progress=not args.no_progress)
+    log(f"Training {args.preset if not args.init else args.init} ({svlm_jax.count_params(abstract) / 1e6:.2f}M "
+        f"params, {args.dtype}) for {args.steps} steps of {args.accum} x {args.batch_size} sequences on "
+        f"{mesh.devices.size} device(s), mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}")
+    try:
+        state, res = loop_lib.train(trainer, fresh_state, train_iter, lcfg, eval_iter)
+    finally:  # stop the decoding workers and release their shared memory
+        for it in (train_iter, eval_iter):
+            if it is not None and hasattr(it, "close"):
+                it.close()
+    if res.resumed_from is not None:
+        log(f"Resumed from step {res.resumed_from}.")
+    if res.skipped:
+        log(f"Chunks skipped while loading: {dict(res.skipped)}")
+    if res.interrupted:
+        return 130
+    log(f"Final train loss {res.train_loss:.4f}, eval loss "
+        f"{res.eval_loss if res.eval_loss is None else round(res.eval_loss, 4)} vs unigram baseline {baseline:.4f} "
+        f"nats/token; plot in {args.out}/{loop_lib.PLOT_FILE}, metrics in {args.out}/{loop_lib.METRICS_FILE}")
+
+    # ---------------------------------------------------------------- export and demo evaluation
+    params = jax.device_get(state.params)
+    model_dir = os.path.join(args.out, "model")
+    if lead:
+        tok_file = tok_path if tok_path.endswith(".json") else os.path.join(tok_path, "tokenizer.json")
+        svlm_jax.save(model_dir, cfg.replace(dtype="float32"), params, files=[tok_file], overwrite=True)
+        log(f"Trained model saved to {model_dir} (load with svlm_jax.load)")
+    if args.demo and not args.no_stream_eval and lead:
+        score = stream_eval(cfg, params, tok, paths, args, log)
+        log(f"Event calls over {score['stream_seconds'] / 60:.1f} min of stream: "
+            f"{score['events_per_min']:.1f} events/min, {score['correct_per_min']:.1f} named correctly/min "
+            f"(recall {100 * score['recall']:.0f}%), {score['wrong_per_min']:.1f} wrong or extra calls/min "
+            f"(precision {100 * score['precision']:.0f}%); within +-1 s: recall {100 * score['recall_1s']:.0f}%")
+        with open(os.path.join(args.out, "stream_score.json"), "w") as f:
+            json.dump(score, f, indent=1)
+    log(f"Done in {time.time() - t_start:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
