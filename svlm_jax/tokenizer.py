@@ -99,6 +99,12 @@ def word_level_tokenizer(words: Iterable[str], cfg) -> Tokenizer:
     if len(vocab) > min(specials.values()):
         raise ValueError(f"{len(vocab)} words do not fit below the special ids (first at {min(specials.values())}); "
                          "use fewer distinct words or a larger vocab_size.")
+    # Fill the ids between the words and the specials so the vocabulary has no holes (tokenizers warns
+    # that a vocab with holes "could be corrupted" when it is saved). The pre-tokenizer never yields these.
+    taken = set(specials.values())
+    for i in range(len(vocab), max(taken) + 1):
+        if i not in taken:
+            vocab[f"<|reserved_{i}|>"] = i
     vocab.update(specials)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="isolated")
