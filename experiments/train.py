@@ -2,7 +2,7 @@
 
 With no arguments it runs the embedded demo on a CPU in a few minutes: it writes a synthetic
 commentary dataset (shapes that enter, bounce and leave, narrated word by word), trains a tiny
-model from scratch on 12-second chunks overlapping by 6, prints the loss against the unigram
+model from scratch on 8-second chunks overlapping by 4, prints the loss against the unigram
 baseline, then streams the trained model over a held-out 5-minute video and scores how often it
 names the events.
 
@@ -30,10 +30,28 @@ REFERENCE = dict(preset="7b", steps=3000, batch_size=8, accum=64, lr=1e-5, warmu
                  freeze="visual", dtype="bfloat16", window=24, overlap=12, text_sink=512, text_window=512,
                  min_pixels=100 * 28 * 28, max_pixels=768 * 28 * 28, eval_every=100, save_every=20,
                  eval_batches=8, workers=4, max_seq_len=32768)
-DEMO = dict(preset="tiny", steps=450, batch_size=8, accum=1, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
-            freeze="none", dtype="float32", window=12, overlap=6, text_sink=32, text_window=32,
-            min_pixels=56 * 56, max_pixels=56 * 56, eval_every=75, save_every=75, eval_batches=4, workers=1,
+DEMO = dict(preset="tiny", steps=400, batch_size=8, accum=1, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
+            freeze="none", dtype="float32", window=8, overlap=4, text_sink=32, text_window=32,
+            min_pixels=56 * 56, max_pixels=56 * 56, eval_every=100, save_every=100, eval_batches=4, workers=1,
             max_seq_len=1024)
+
+
+def demo_model_config():
+    """The demo's model: ModelConfig.tiny with its 64-wide decoder split into 2 heads of 32 and rope_theta 1e4.
+
+    Same size as tiny (0.24M parameters); wider heads with a lower rope base resolve the short
+    distances between a round's vision and its answer, and the model learns to read vision sooner.
+    """
+    from svlm_jax import ModelConfig
+    from svlm_jax.config import TextConfig
+
+    tiny = ModelConfig.tiny()
+    t = tiny.text
+    return tiny.replace(text=TextConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                                        intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
+                                        num_attention_heads=2, num_key_value_heads=1, mrope_section=(4, 6, 6),
+                                        rope_theta=1e4, tie_word_embeddings=True,
+                                        max_position_embeddings=t.max_position_embeddings))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -200,7 +218,7 @@ def main(argv=None) -> int:
     if args.init:
         cfg = svlm_jax.checkpoint.load_config(args.init)
     elif args.demo:
-        cfg = ModelConfig.tiny()
+        cfg = demo_model_config()
     else:
         cfg = ModelConfig.preset(args.preset)
     cfg = cfg.replace(dtype=args.dtype)

@@ -199,3 +199,38 @@ def test_unreadable_video_is_skipped_and_counted(video_chunks):
     np.testing.assert_array_equal(sample["input_ids"], build_sample(chunks[0], tok, CFG, SCFG)["input_ids"])
     with pytest.raises(RuntimeError, match="could not be loaded"):
         SampleSource([broken], tok, CFG, SCFG)[0]
+
+
+# ------------------------------------------------------------------------------------------ synthetic data
+def test_synthetic_events_fall_on_the_grid_and_are_narrated_in_their_second():
+    world = synthetic.WorldConfig()
+    objs = synthetic.simulate(60, world, np.random.default_rng(1))
+    events = synthetic.events_of(objs, 60, world)
+    assert len(events) > 20 and {e.action for e in events} == set(synthetic.ACTIONS)
+    assert all(abs(e.time * world.sample_fps - round(e.time * world.sample_fps)) < 1e-9 for e in events)
+    rounds = chunker.assign_rounds(synthetic.words_of(events), 0.0, 60)
+    for k, words in enumerate(rounds):
+        assert [" ".join(words[i:i + 3]) for i in range(0, len(words), 3)] == \
+            [e.phrase for e in events if e.round == k]
+    # the lane of an object lights up during exactly the seconds of its events
+    e = next(e for e in events if e.action == "bounces")
+    obj = next(o for o in objs if synthetic.OBJECTS[o.kind][0] == e.colour and
+               any(abs(t - e.time) < 1e-9 for t, _ in o.path_events))
+    t = e.round + 0.25
+    x = 1 if obj.centre(t, world)[0] > world.size / 2 else world.size - 2  # a lane pixel away from the shape
+    row = obj.kind * world.shape + world.shape // 2
+    assert tuple(synthetic.render(objs, t, synthetic.WorldConfig(highlight=False))[row, x]) == synthetic.BACKGROUND
+    assert tuple(synthetic.render(objs, t, world)[row, x]) != synthetic.BACKGROUND
+    assert tuple(synthetic.render(objs, e.round + 1.25, world)[row, x]) == synthetic.BACKGROUND
+
+
+def test_score_commentary_counts_calls_per_second():
+    ev = [synthetic.Event(1.0, 1, "red", "square", "enters"), synthetic.Event(3.5, 3, "blue", "triangle", "bounces")]
+    comments = [(0.0, ""), (1.0, "red square enters"), (2.0, "blue triangle bounces"), (3.0, ""),
+                (4.0, "green circle leaves")]
+    s = synthetic.score_commentary(ev, comments)
+    assert (s["events"], s["calls"], s["correct"]) == (2, 3, 1)
+    assert s["recall"] == 0.5 and s["recall_1s"] == 1.0 and abs(s["precision"] - 1 / 3) < 1e-9
+    assert s["events_per_min"] == 2 / (5 / 60)
+    assert synthetic.parse_calls("red square enters and blue bounces yellow diamond leaves") == [
+        "red square enters", "yellow diamond leaves"]

@@ -42,7 +42,7 @@ class WorldConfig:
     size: int = 56
     shape: int = 14
     speed: float = 14.0
-    max_objects: int = 2
+    max_objects: int = 3
     bounces: tuple[int, int] = (1, 3)
     video_fps: int = 8
     sample_fps: int = 2
@@ -137,30 +137,33 @@ def _event_at(o: _Obj, t: float) -> str | None:
     return next((a for te, a in o.path_events if math.floor(te + 1e-9) <= t < math.floor(te + 1e-9) + 1), None)
 
 
+# How an object's lane lights up during the second of each action: (weight of the object's colour,
+# weight of white); the rest is background.
+LANE_GLOW = {"enters": (0.25, 0.45), "bounces": (0.6, 0.0), "leaves": (0.25, 0.0)}
+
+
 def render(objs: Sequence[_Obj], t: float, cfg: WorldConfig) -> np.ndarray:
     """The frame at time t: uint8 [size, size, 3].
 
-    Objects are drawn dim. With cfg.highlight, during the second of one of its events an object lights
-    up in full colour: with a white rim when it enters, solid when it bounces, hollow when it leaves.
+    With cfg.highlight, an object's lane lights up during the second of one of its events, in a tint
+    of its colour that tells the action (LANE_GLOW): pale when it enters, bright when it bounces,
+    faint when it leaves, like the lane lights of a bowling alley.
     """
     img = np.empty((cfg.size, cfg.size, 3), np.uint8)
     img[:] = BACKGROUND
     bg = np.asarray(BACKGROUND, np.float32)
     for o in objs:
+        action = _event_at(o, t) if cfg.highlight else None
+        if action is not None:
+            a, w = LANE_GLOW[action]
+            rgb = np.asarray(OBJECTS[o.kind][2], np.float32)
+            img[o.kind * cfg.shape:(o.kind + 1) * cfg.shape] = (a * rgb + w * 255 + (1 - a - w) * bg).astype(np.uint8)
+    for o in objs:
         c = o.centre(t, cfg)
         if c is None:
             continue
         _, shape, rgb = OBJECTS[o.kind]
-        mask = _shape_mask(shape, c[0], c[1], cfg.shape, cfg.size)
-        action = _event_at(o, t) if cfg.highlight else None
-        colour = np.asarray(rgb, np.float32)
-        img[mask] = (colour if action else 0.4 * colour + 0.6 * bg).astype(np.uint8)
-        if action in ("enters", "leaves"):
-            inner = _shape_mask(shape, c[0], c[1], cfg.shape - 6, cfg.size)
-            if action == "enters":
-                img[mask & ~inner] = 255
-            else:
-                img[inner] = BACKGROUND
+        img[_shape_mask(shape, c[0], c[1], cfg.shape, cfg.size)] = rgb
     return img
 
 
