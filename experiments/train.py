@@ -189,6 +189,10 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Grain hands batches over in shared memory. Segments still referenced at exit are unlinked by
+    # multiprocessing's resource tracker, which warns about each; the cleanup is complete, so keep the
+    # log clean (the tracker process inherits this filter).
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     t_start = time.time()
     from svlm_jax.train.sharding import init_distributed
 
@@ -299,8 +303,6 @@ def main(argv=None) -> int:
         for it in (train_iter, eval_iter):
             if it is not None and hasattr(it, "close"):
                 it.close()
-    if res.resumed_from is not None:
-        log(f"Resumed from step {res.resumed_from}.")
     if res.skipped:
         log(f"Chunks skipped while loading: {dict(res.skipped)}")
     if res.interrupted:

@@ -14,6 +14,9 @@ counted in the batch (`SKIPPED_KEY`), so a bad file never stops a run. The itera
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import sys
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -90,6 +93,20 @@ class Collate:
         return batch
 
 
+def _die_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker init: on Linux, have the kernel kill this worker when the training process dies.
+
+    Without it a `kill -9` of the trainer leaves its decoding workers running as orphans.
+    """
+    del worker_index, worker_count
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
 def _maybe_prefetch(ds: grain.IterDataset, cfg: PipelineConfig) -> grain.IterDataset:
     if cfg.num_workers <= 0:
         return ds
@@ -98,7 +115,8 @@ def _maybe_prefetch(ds: grain.IterDataset, cfg: PipelineConfig) -> grain.IterDat
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a plain script never parsed them
         flags.FLAGS.mark_as_parsed()
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
-                                                       per_worker_buffer_size=cfg.worker_buffer))
+                                                       per_worker_buffer_size=cfg.worker_buffer),
+                          worker_init_fn=_die_with_parent)
 
 
 def shard_chunks(chunks: Sequence[Chunk], process_index: int, process_count: int) -> list[Chunk]:

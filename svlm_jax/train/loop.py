@@ -164,6 +164,8 @@ def train(trainer: Trainer, init_state: Callable[[], TrainState], train_iter, cf
     if resumed is not None:
         state, step = ckpt.restore(trainer.abstract_state, train_iter)
         _trim_metrics(metrics_path, step)
+        if jax.process_index() == 0 and cfg.progress:
+            print(f"Resuming from the checkpoint of step {step} in {ckpt.directory} (data position included).")
     else:
         state, step = init_state(), 0
     accum = trainer.optim_cfg.accum_steps
