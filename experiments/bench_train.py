@@ -1,11 +1,11 @@
 """Training throughput: tokens/s of the compiled train step, and model FLOPs utilisation on a GPU.
 
-    python -m experiments.bench_train                  # CPU: the tiny preset (the demo's shapes)
+    python -m experiments.bench_train                  # CPU: the demo's model and shapes, and tiny on 24-s chunks
     python -m experiments.bench_train --gpu            # GPU: a 7B-shaped model with fewer layers, bf16
 
 Batches are built with the real sample builder and collate (synthetic words, random pixels), so the
-step sees the shapes training sees; data loading is not timed. Results are appended to
-docs/figures/bench_train.json, and docs/figures/bench_train.png plots tokens/s per configuration.
+step sees the shapes training sees; data loading is not timed. Results go to
+docs/figures/bench_train_{cpu,gpu}.json (rows of the same name are replaced), with a PNG of tokens/s.
 """
 from __future__ import annotations
 
@@ -49,12 +49,14 @@ def model_flops_per_step(cfg, batch: dict, trainable_vision: bool) -> float:
     return text + vis * (3 if trainable_vision else 1)
 
 
-def make_batch(cfg, rows: int, rounds: int, grid_hw: tuple[int, int], words_per_round: int, seed: int = 0):
+def make_batch(cfg, rows: int, rounds: int, grid_hw: tuple[int, int], words_per_round: int, seed: int = 0,
+               text_tokens: int = 512):
+    """A collated batch: rows of `rounds` seconds, previous text truncated to text_tokens + text_tokens."""
     from svlm_jax.data.chunker import Chunk
     from svlm_jax.data.sample import BatchShapes, SampleConfig, build_sample, collate, geometric_buckets
     from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 
-    vocab = [f"w{i}" for i in range(200)]
+    vocab = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(200)]  # one token each
     tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(vocab, cfg))
     rng = np.random.default_rng(seed)
     grid = np.array([[1, *grid_hw]])
@@ -63,12 +65,14 @@ def make_batch(cfg, rows: int, rounds: int, grid_hw: tuple[int, int], words_per_
         chunk = Chunk(video="bench", start=600.0, previous=" ".join(rng.choice(vocab, 1200)),
                       rounds=tuple(tuple(rng.choice(vocab, words_per_round)) for _ in range(rounds)))
         px = rng.standard_normal((rounds * grid_hw[0] * grid_hw[1], cfg.vision.patch_dim)).astype(np.float32)
-        samples.append(build_sample(chunk, tok, cfg, SampleConfig(), vision=(px, grid)))
+        scfg = SampleConfig(text_sink=text_tokens, text_window=text_tokens)
+        samples.append(build_sample(chunk, tok, cfg, scfg, vision=(px, grid)))
     return collate(samples, rows, cfg, pad_id=tok.endoftext, shapes=BatchShapes(seq=geometric_buckets(256, 1 << 16, 64)))
 
 
 def bench(name: str, cfg, *, rows: int, rounds: int, grid_hw, words: int, steps: int, remat: bool,
-          frozen: tuple[str, ...], fsdp: int = 1) -> dict:
+          frozen: tuple[str, ...], fsdp: int = 1, text_tokens: int = 512) -> dict:
+    """Compile and time the train step on one batch; returns (and prints) a JSON-ready record."""
     import jax
 
     from svlm_jax import init_params, param_shapes
@@ -76,7 +80,7 @@ def bench(name: str, cfg, *, rows: int, rounds: int, grid_hw, words: int, steps:
     from svlm_jax.train.sharding import make_mesh, shard_batch
     from svlm_jax.train.step import StepConfig, Trainer
 
-    batch = make_batch(cfg, rows, rounds, grid_hw, words)
+    batch = make_batch(cfg, rows, rounds, grid_hw, words, text_tokens=text_tokens)
     mesh = make_mesh(fsdp=fsdp)
     trainer = Trainer(cfg, OptimConfig(lr=1e-5, total_steps=1000, frozen=frozen), mesh, param_shapes(cfg),
                       StepConfig(remat=remat))
@@ -104,7 +108,8 @@ def bench(name: str, cfg, *, rows: int, rounds: int, grid_hw, words: int, steps:
            "step_s_min": round(min(times), 4), "tokens_per_s": round(tokens / step_s, 1),
            "model_tflops_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / step_s / 1e12, 4),
            "mfu": None if peak is None else round(flops / step_s / (peak * jax.device_count()), 4),
-           "finite": bool(m["finite"]), "host": platform.node(), "cpus": os.cpu_count()}
+           "finite": bool(m["finite"]), "host": platform.node(), "cpus": os.cpu_count(),
+           "load_avg_1m": round(os.getloadavg()[0], 2)}
     print(json.dumps(out))
     return out
 
@@ -114,8 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", action="store_true", help="benchmark the 7B-shaped model (needs a GPU)")
     p.add_argument("--layers", type=int, default=4, help="decoder layers of the 7B-shaped model")
     p.add_argument("--steps", type=int, default=10, help="timed steps after the compile")
-    p.add_argument("--out", default="docs/figures/bench_train.json")
+    p.add_argument("--out", help="JSON file (default docs/figures/bench_train_cpu.json, or _gpu.json with --gpu)")
     args = p.parse_args(argv)
+    args.out = args.out or f"docs/figures/bench_train_{'gpu' if args.gpu else 'cpu'}.json"
     import jax
 
     from svlm_jax import ModelConfig, VisionConfig
@@ -123,11 +129,14 @@ def main(argv=None) -> int:
 
     results = []
     if not args.gpu:
-        # The demo's shapes: 8 rows of 12-s chunks at 56x56 (4 vision tokens per second), float32.
-        results.append(bench("tiny-cpu-demo", ModelConfig.tiny(), rows=8, rounds=12, grid_hw=(4, 4), words=2,
-                             steps=args.steps, remat=True, frozen=()))
+        from experiments.train import demo_model_config
+
+        # The demo's shapes: 8 rows of 8-s chunks at 56x56 (4 vision tokens per second), float32, all trained.
+        results.append(bench("demo-cpu-8s", demo_model_config(), rows=8, rounds=8, grid_hw=(4, 4), words=2,
+                             steps=args.steps, remat=True, frozen=(), text_tokens=32))
+        # The tiny preset on reference-length 24-s chunks, vision frozen as in the reference recipe.
         results.append(bench("tiny-cpu-24s", ModelConfig.tiny(), rows=4, rounds=24, grid_hw=(4, 4), words=2,
-                             steps=args.steps, remat=True, frozen=()))
+                             steps=args.steps, remat=True, frozen=("visual",)))
     else:
         if jax.devices()[0].platform != "gpu":
             raise SystemExit("--gpu needs a GPU; jax sees only " + jax.devices()[0].platform)

@@ -234,9 +234,9 @@ def train(trainer: Trainer, init_state: Callable[[], TrainState], train_iter, cf
                     on_step(step, state)
                 if stop.set and step < cfg.total_steps:
                     interrupted = True
-                    if pbar is not None:
-                        pbar.write(f"Stopped by signal at step {step}; checkpoint saved. Rerun the same "
-                                   "command to resume.")
+                    if lead:
+                        (pbar.write if pbar is not None else print)(
+                            f"Stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.")
                     break
     finally:
         ckpt.wait()
