@@ -30,7 +30,7 @@ REFERENCE = dict(preset="7b", steps=3000, batch_size=8, accum=64, lr=1e-5, warmu
                  freeze="visual", dtype="bfloat16", window=24, overlap=12, text_sink=512, text_window=512,
                  min_pixels=100 * 28 * 28, max_pixels=768 * 28 * 28, eval_every=100, save_every=20,
                  eval_batches=8, workers=4, max_seq_len=32768)
-DEMO = dict(preset="tiny", steps=400, batch_size=8, accum=1, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
+DEMO = dict(preset="tiny", steps=700, batch_size=8, accum=1, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
             freeze="none", dtype="float32", window=8, overlap=4, text_sink=32, text_window=32,
             min_pixels=56 * 56, max_pixels=56 * 56, eval_every=100, save_every=100, eval_batches=4, workers=1,
             max_seq_len=1024)
@@ -179,7 +179,7 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
     with open(os.path.join(args.out, "stream_eval.jsonl"), "w") as f:
         for (t, text) in comments:
             f.write(json.dumps({"t0": t, "text": text}) + "\n")
-    log(f"Streamed {len(comments)} s of held-out video ({len(comments) / (args.window):.0f}x a training chunk) "
+    log(f"Streamed {len(comments)} s of held-out video ({len(comments) / args.window:.1f}x a training chunk) "
         f"in {seconds:.1f} s; transcript in {args.out}/stream_eval.jsonl")
     for t, text in comments[:12]:
         want = " | ".join(e.phrase for e in events if e.round == int(t)) or "..."

@@ -160,18 +160,24 @@ def train(trainer: Trainer, init_state: Callable[[], TrainState], train_iter, cf
     os.makedirs(cfg.out, exist_ok=True)
     metrics_path = os.path.join(cfg.out, METRICS_FILE)
     ckpt = TrainCheckpointer(os.path.join(cfg.out, "checkpoints"), every=cfg.save_every, keep=cfg.keep)
+    lead = jax.process_index() == 0
+    last_loss = last_eval = None
     resumed = ckpt.latest_step
     if resumed is not None:
         state, step = ckpt.restore(trainer.abstract_state, train_iter)
         _trim_metrics(metrics_path, step)
-        if jax.process_index() == 0 and cfg.progress:
+        # A rerun of a finished run trains nothing; report the losses it ended with.
+        for r in read_metrics(metrics_path):
+            if r.get("kind") == "train":
+                last_loss = r["loss"]
+            elif r.get("kind") == "eval":
+                last_eval = r["eval_loss"]
+        if lead:
             print(f"Resuming from the checkpoint of step {step} in {ckpt.directory} (data position included).")
     else:
         state, step = init_state(), 0
     accum = trainer.optim_cfg.accum_steps
     skipped: collections.Counter = collections.Counter()
-    lead = jax.process_index() == 0
-    last_loss = last_eval = None
     t_start = time.time()
     interrupted = False
     pbar = None
@@ -222,12 +228,18 @@ def train(trainer: Trainer, init_state: Callable[[], TrainState], train_iter, cf
                     pbar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{row['tok_s']:.0f}", lr=f"{lr:.2e}",
                                      refresh=False)
                     pbar.update(1)
-                if eval_iter is not None and cfg.eval_batches and (step % cfg.eval_every == 0
-                                                                   or step == cfg.total_steps):
+                report = step % cfg.eval_every == 0 or step == cfg.total_steps
+                if eval_iter is not None and cfg.eval_batches and report:
                     last_eval = evaluate(trainer, state.params, eval_iter, cfg.eval_batches)
                     write({"kind": "eval", "step": step, "eval_loss": last_eval, "time": time.time() - t_start})
                     if pbar is not None:
                         pbar.write(f"step {step}: eval loss {last_eval:.4f} (train {last_loss:.4f})")
+                if pbar is None and lead and report:  # batch jobs without a bar still get a heartbeat
+                    done = step - (resumed or 0)
+                    eta = (time.time() - t_start) / max(done, 1) * (cfg.total_steps - step)
+                    ev = f", eval loss {last_eval:.4f}" if last_eval is not None else ""
+                    print(f"step {step}/{cfg.total_steps}: train loss {last_loss:.4f}{ev}, lr {lr:.2e}, "
+                          f"{row['tok_s']:.0f} tok/s, ETA {eta / 60:.1f} min", flush=True)
                 final = step == cfg.total_steps or stop.set
                 ckpt.save(step, state, train_iter, force=final)
                 if on_step is not None:

@@ -1,0 +1,92 @@
+"""experiments/train.py end to end on a small synthetic set: train, export, resume, refusals, stream eval."""
+import argparse
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import svlm_jax
+from experiments import train as train_cli
+from svlm_jax.data import synthetic
+from svlm_jax.tokenizer import ChatTokenizer
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    spec = synthetic.SyntheticSpec(train_videos=2, val_videos=1, video_seconds=24, stream_seconds=12, seed=3)
+    return synthetic.write_dataset(root, spec, train_cli.demo_model_config())
+
+
+def _argv(paths, out, **over):
+    flags = dict(data=paths["train"], val_data=paths["val"], tokenizer=paths["tokenizer"], preset="tiny",
+                 window=8, overlap=4, text_sink=32, text_window=32, min_pixels=56 * 56, max_pixels=56 * 56,
+                 max_seq_len=1024, steps=4, batch_size=2, accum=1, lr=1e-3, warmup_ratio=0.25, freeze="none",
+                 dtype="float32", workers=0, save_every=2, eval_every=2, eval_batches=1, out=out)
+    flags.update(over)
+    argv = [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    return argv + ["--no-progress"]
+
+
+def _steps(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["step"] for r in rows if "loss" in r and "eval_loss" not in r]
+
+
+@pytest.mark.slow
+def test_train_exports_resumes_and_refuses_other_flags(small_set, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train_cli.main(_argv(small_set, out)) == 0
+    assert _steps(out) == [1, 2, 3, 4]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints")), key=int)[-1] == "4"
+    assert os.path.getsize(os.path.join(out, "loss.png")) > 0
+    cfg, params = svlm_jax.load(os.path.join(out, "model"))
+    assert cfg.text.vocab_size == svlm_jax.ModelConfig.tiny().text.vocab_size
+    assert os.path.exists(os.path.join(out, "model", "tokenizer.json"))
+    capsys.readouterr()
+
+    # The same command again finds the final checkpoint and trains no further step.
+    assert train_cli.main(_argv(small_set, out)) == 0
+    assert "Resuming from the checkpoint of step 4" in capsys.readouterr().out
+    assert _steps(out) == [1, 2, 3, 4]
+    _, again = svlm_jax.load(os.path.join(out, "model"))
+    jax.tree.map(np.testing.assert_array_equal, params, again)  # restored from the step-4 checkpoint
+
+    # Other hyperparameters under the same --out are refused with one sentence naming the difference.
+    with pytest.raises(SystemExit, match=r"lr: 0.001 -> 0.002"):
+        train_cli.main(_argv(small_set, out, lr=2e-3))
+
+
+def test_init_without_data_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--init", "ckpt"])
+    assert "--init needs --data" in capsys.readouterr().err
+
+
+def test_reference_defaults_apply_with_data_and_demo_defaults_without():
+    ref = train_cli.parse_args(["--data", "x.jsonl"])
+    assert (ref.window, ref.overlap, ref.text_sink, ref.lr, ref.freeze) == (24, 12, 512, 1e-5, "visual")
+    demo = train_cli.parse_args([])
+    assert demo.demo and demo.preset == "tiny" and demo.window == 8
+    assert train_cli.parse_args(["--data", "x.jsonl", "--window", "16"]).window == 16
+
+
+@pytest.mark.slow
+def test_stream_eval_scores_the_held_out_stream(small_set, tmp_path):
+    cfg = train_cli.demo_model_config()
+    params = svlm_jax.init_params(cfg, jax.random.key(0))
+    tok = ChatTokenizer.from_dir(small_set["tokenizer"])
+    args = argparse.Namespace(window=8, text_sink=32, text_window=32, fps=2, min_pixels=56 * 56,
+                              max_pixels=56 * 56, out=str(tmp_path))
+    lines = []
+    score = train_cli.stream_eval(cfg, params, tok, small_set, args, lines.append)
+    assert score["stream_seconds"] == 12
+    events = synthetic.load_events(small_set["stream_events"])
+    assert score["events_per_min"] == pytest.approx(len([e for e in events if e.round < 12]) / 12 * 60)
+    assert 0.0 <= score["recall"] <= 1.0
+    with open(tmp_path / "stream_eval.jsonl") as f:
+        assert [json.loads(line)["t0"] for line in f] == [float(t) for t in range(12)]
+    assert any("truth:" in line for line in lines)
