@@ -220,7 +220,9 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- model config and tokenizer
     if args.init:
-        cfg = svlm_jax.checkpoint.load_config(args.init)
+        from svlm_jax.checkpoint import load_config
+
+        cfg = load_config(args.init)
     elif args.demo:
         cfg = demo_model_config()
     else:

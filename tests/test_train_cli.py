@@ -2,6 +2,8 @@
 import argparse
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -28,6 +30,9 @@ def _argv(paths, out, **over):
     flags.update(over)
     argv = [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     return argv + ["--no-progress"]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _steps(out):
@@ -90,3 +95,26 @@ def test_stream_eval_scores_the_held_out_stream(small_set, tmp_path):
     with open(tmp_path / "stream_eval.jsonl") as f:
         assert [json.loads(line)["t0"] for line in f] == [float(t) for t in range(12)]
     assert any("truth:" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_fine_tune_from_init_on_a_two_device_fsdp_mesh(small_set, tmp_path):
+    """The reference path: --init checkpoint (its tokenizer), frozen vision, bf16, accumulation, fsdp=2."""
+    cfg = train_cli.demo_model_config()
+    init = str(tmp_path / "init")
+    params = svlm_jax.init_params(cfg, jax.random.key(1))
+    svlm_jax.save(init, cfg, params, files=[small_set["tokenizer"]])
+    out = str(tmp_path / "run")
+    argv = _argv(small_set, out, steps=2, accum=2, dtype="bfloat16", freeze="visual", fsdp=2)
+    drop = argv.index("--tokenizer")
+    argv = argv[:drop] + argv[drop + 2:] + ["--init", init]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 device(s), mesh data=1 fsdp=2" in proc.stdout
+    assert _steps(out) == [1, 2]
+    _, tuned = svlm_jax.load(os.path.join(out, "model"))
+    jax.tree.map(np.testing.assert_array_equal, params["visual"], tuned["visual"])
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), params["text"], tuned["text"])
+    assert all(jax.tree.leaves(moved))

@@ -79,13 +79,18 @@ class Trainer:
                                             out_shardings=(self.state_sharding, replicated), donate_argnums=0)
         self.eval_step: Callable = jax.jit(self._eval_step, in_shardings=(self.state_sharding.params, batch_sh),
                                            out_shardings=replicated)
-        self._place = jax.jit(lambda s: s, out_shardings=self.state_sharding)
+        f32 = lambda p: jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), p)  # noqa: E731
+        self._init = jax.jit(lambda p: init_state(f32(p), self.tx), in_shardings=(self.state_sharding.params,),
+                             out_shardings=self.state_sharding)
 
     # ------------------------------------------------------------------ state
     def init(self, params: Params) -> TrainState:
-        """A fresh state for `params`, placed on the mesh (params are cast to float32 first)."""
-        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
-        return self._place(init_state(params, self.tx))
+        """A fresh state for `params` (host or device arrays, any float dtype), sharded over the mesh in float32.
+
+        The params are moved to their shards first, so arrays loaded onto one device (a checkpoint) work on
+        any mesh, and the optimizer state is created already sharded.
+        """
+        return self._init(jax.device_put(params, self.state_sharding.params))
 
     def lr(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based)."""
