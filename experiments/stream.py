@@ -21,7 +21,7 @@ from typing import IO, Iterable
 
 from svlm_jax.cache import CacheFull, StreamConfig
 from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM
-from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer
+from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, stop_ids_for
 from svlm_jax.video import MAX_FPS, VideoError
 
 
@@ -98,10 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--text-sink", type=int, default=d.text_sink, help="first tokens of older text kept (512)")
     ap.add_argument("--text-window", type=int, default=d.text_window, help="last tokens of older text kept (512)")
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens per second, at most (20)")
-    ap.add_argument("--temperature", type=float, default=s.temperature, help="sampling temperature (0.9)")
-    ap.add_argument("--top-p", type=float, default=s.top_p, help="nucleus mass, 1 = off (1.0)")
-    ap.add_argument("--top-k", type=int, default=s.top_k, help="top-k, 0 = off (0)")
-    ap.add_argument("--repetition-penalty", type=float, default=s.repetition_penalty, help="(1.05)")
+    ap.add_argument("--temperature", type=float, default=None, help=f"sampling temperature ({s.temperature})")
+    ap.add_argument("--top-p", type=float, default=None,
+                    help="nucleus mass, 1 = off (default: the checkpoint's generation_config.json, else 1.0)")
+    ap.add_argument("--top-k", type=int, default=None,
+                    help="top-k, 0 = off (default: the checkpoint's generation_config.json, else 50)")
+    ap.add_argument("--repetition-penalty", type=float, default=None, help=f"({s.repetition_penalty})")
     ap.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed (0)")
     ap.add_argument("--system", default=DEFAULT_SYSTEM, help="system prompt")
@@ -135,12 +137,15 @@ def _main(a: argparse.Namespace) -> int:
         from svlm_jax.tokenizer import ChatTokenizer
         from svlm_jax.video import FrameStream
 
-        sampling = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                                  repetition_penalty=a.repetition_penalty, greedy=a.greedy or a.temperature == 0)
+        # The reference's sampling: top-k/top-p and the stop ids from the checkpoint's generation_config.json.
+        sampling = SamplingConfig.from_generation_config(
+            a.ckpt, temperature=a.temperature or None, top_k=a.top_k, top_p=a.top_p,
+            repetition_penalty=a.repetition_penalty, greedy=a.greedy or a.temperature == 0)
         base = StreamConfig(vision_window=a.vision_window, text_sink=a.text_sink, text_window=a.text_window,
                             max_new_tokens=a.max_new_tokens, query_tokens=a.query_tokens, keep_query=a.keep_query,
                             pos_mode=a.pos_mode)
         tok = ChatTokenizer.from_dir(a.ckpt)
+        stop_ids = stop_ids_for(tok, a.ckpt)
         cfg, params = svlm_jax.load(a.ckpt, a.dtype)
         frames = FrameStream(a.video, fps=a.fps, start=a.start, end=a.end, timeout=a.timeout)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -160,7 +165,7 @@ def _main(a: argparse.Namespace) -> int:
         try:
             streamer = Streamer(cfg, params, tok, base.replace(vision_tokens=n_vision), sampling=sampling,
                                 seed=a.seed, system=a.system, query=a.query or None, previous_text=a.previous_text,
-                                mode=a.mode, max_cache_bytes=int(a.max_cache_gib * 2**30))
+                                mode=a.mode, max_cache_bytes=int(a.max_cache_gib * 2**30), stop_ids=stop_ids)
             outputs = Outputs(jsonl=a.jsonl, vtt_path=a.vtt)
         except (ValueError, OSError, CacheFull) as e:
             print(f"error: {e}", file=sys.stderr)

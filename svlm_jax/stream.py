@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -67,6 +69,48 @@ class SamplingConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"Invalid SamplingConfig: {msg}.")
+
+
+    @classmethod
+    def from_generation_config(cls, path, **overrides) -> "SamplingConfig":
+        """The reference's sampling for the checkpoint at `path` (a directory or its generation_config.json).
+
+        The reference passes temperature 0.9 and repetition penalty 1.05 to `generate` itself, so those
+        win over the file. top_k and top_p come from the file, or are transformers' defaults (50 and 1.0)
+        when it lacks them; a null there turns the filter off. `overrides` that are not None win over all.
+        """
+        g = read_generation_config(path)
+        top_k, top_p = g.get("top_k", 50), g.get("top_p", 1.0)
+        vals = dict(temperature=0.9, repetition_penalty=1.05, top_k=int(top_k or 0),
+                    top_p=1.0 if top_p is None else float(top_p))
+        vals.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**vals)
+
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def read_generation_config(path) -> dict[str, Any]:
+    """The contents of a checkpoint's generation_config.json (`path`: the file or its directory); {} if absent."""
+    file = os.path.join(path, GENERATION_CONFIG) if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        return {}
+    try:
+        with open(file) as f:
+            g = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); fix or delete it.") from None
+    if not isinstance(g, dict):
+        raise ValueError(f"{file} holds a {type(g).__name__}, not a JSON object; fix or delete it.")
+    return g
+
+
+def stop_ids_for(tokenizer: ChatTokenizer, path=None) -> tuple[int, ...]:
+    """Token ids that end a turn: <|im_end|> first, then the eos ids of generation_config.json at `path`
+    (<|endoftext|> when there is none), as HF's `generate` stops on the checkpoint's eos list."""
+    eos = read_generation_config(path).get("eos_token_id") if path is not None else None
+    eos = [tokenizer.endoftext] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    return tuple(dict.fromkeys([tokenizer.im_end, *(int(i) for i in eos)]))
 
 
 def sample_token(logits, seen, key, sampling: SamplingConfig):
@@ -295,7 +339,8 @@ class Streamer:
     same tokens alone or in any batch.
     system, query, previous_text: a value for all streams or a list with one per stream (None = none).
     mode: one of MODES (see the module docstring). max_cache_bytes caps the cache of mode "full".
-    keep_logits: keep the last step's logits in `last_logits` (for tests).
+    keep_logits: keep the last step's logits in `last_logits` (for tests). stop_ids: token ids that end a
+    turn, the first one written for forced turns (default `stop_ids_for(tokenizer)`: <|im_end|>, <|endoftext|>).
     """
 
     def __init__(self, cfg: ModelConfig, params: Params, tokenizer: ChatTokenizer,
@@ -304,7 +349,7 @@ class Streamer:
                  query: str | None | Sequence[str | None] = DEFAULT_QUERY,
                  previous_text: str | None | Sequence[str | None] = None, mode: str = "streaming",
                  max_cache_bytes: int | None = None, cache_dtype=None, keep_logits: bool = False,
-                 stream_ids: Sequence[int] | None = None):
+                 stream_ids: Sequence[int] | None = None, stop_ids: Sequence[int] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if batch < 1:
@@ -317,7 +362,10 @@ class Streamer:
         if len(nl) != 1:
             raise ValueError(f"The tokenizer encodes a newline as {len(nl)} tokens; the template needs exactly one.")
         self.silence = tokenizer.encode(SILENCE)
-        self.stop_ids = (tokenizer.im_end, tokenizer.endoftext)
+        self.stop_ids = tuple(int(i) for i in (stop_ids or stop_ids_for(tokenizer)))
+        if any(not 0 <= i < cfg.text.vocab_size for i in self.stop_ids):
+            raise ValueError(f"stop_ids {self.stop_ids} must be token ids below the vocabulary size "
+                             f"{cfg.text.vocab_size}; check the checkpoint's generation_config.json.")
         systems = _per_stream(system, batch, "system")
         queries = _per_stream(query, batch, "query")
         prevs = _per_stream(previous_text, batch, "previous_text")

@@ -1,5 +1,6 @@
 """The streaming engine on a tiny random model: parity with `forward`, the retention policy against the slow
 reference, constant size, no recompiles, batch independence, baseline modes and bad configs."""
+import json
 import math
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from svlm_jax import ModelConfig, forward, init_params
 from svlm_jax.cache import CacheFull, StreamConfig, cache_bytes
 from svlm_jax.prompt import DEFAULT_QUERY, SILENCE, build_prefix, build_round
-from svlm_jax.stream import SamplingConfig, Streamer, sample_token, synthetic_seconds
+from svlm_jax.stream import SamplingConfig, Streamer, sample_token, stop_ids_for, synthetic_seconds
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 from tests.stream_reference import History, older_length, retained
 
@@ -263,6 +264,51 @@ def test_sampled_streams_are_seedable(params, tok):
     pair = Streamer(CFG, params, tok, small(), seed=1, batch=2, query=[None, DEFAULT_QUERY])
     together = [pair.step([s, s])[1].tokens for s in secs]
     assert together == run(1, [1]) != run(1)
+
+
+# Qwen2.5-VL-7B-Instruct's generation_config.json: what a converted stock checkpoint carries.
+QWEN_STOCK = {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
+              "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}
+
+
+@pytest.mark.parametrize("gen", [QWEN_STOCK, {"top_k": None, "top_p": 0.8}, {"temperature": 0.7}, None],
+                         ids=["qwen-stock", "top-k-null", "no-filters", "no-file"])
+def test_sampling_from_generation_config_matches_transformers(tmp_path, gen):
+    transformers = pytest.importorskip("transformers")
+    if gen is not None:
+        (tmp_path / "generation_config.json").write_text(json.dumps(gen))
+        hf = transformers.GenerationConfig.from_pretrained(str(tmp_path))
+    else:
+        hf = transformers.GenerationConfig()  # what generate falls back to without the file
+    ours = SamplingConfig.from_generation_config(str(tmp_path))
+    assert ours.top_k == (hf.top_k or 0) and ours.top_p == (1.0 if hf.top_p is None else hf.top_p)
+    # The reference passes temperature and repetition penalty to generate(), over the file's.
+    assert (ours.temperature, ours.repetition_penalty, ours.greedy) == (0.9, 1.05, False)
+    mine = SamplingConfig.from_generation_config(str(tmp_path), top_k=5, temperature=None, greedy=True)
+    assert (mine.top_k, mine.temperature, mine.greedy) == (5, 0.9, True)
+
+
+def test_stop_ids_follow_the_generation_config(tmp_path, tok):
+    assert stop_ids_for(tok) == stop_ids_for(tok, str(tmp_path)) == (tok.im_end, tok.endoftext)
+    gen = tmp_path / "generation_config.json"
+    gen.write_text(json.dumps({"eos_token_id": [tok.endoftext, tok.im_end, 7]}))
+    assert stop_ids_for(tok, str(tmp_path)) == (tok.im_end, tok.endoftext, 7)
+    gen.write_text(json.dumps({"eos_token_id": 7}))
+    assert stop_ids_for(tok, str(gen)) == (tok.im_end, 7)
+    gen.write_text("{not json")
+    with pytest.raises(ValueError, match="generation_config.json is not valid JSON"):
+        stop_ids_for(tok, str(tmp_path))
+
+
+def test_stop_ids_end_the_turn(params, tok):
+    """A token made a stop id ends every turn where greedy decoding would emit it, and is not written."""
+    secs = list(synthetic_seconds(CFG, seconds=4, seed=5))
+    free = [c.tokens for c in Streamer(CFG, params, tok, small(), sampling=GREEDY).run(secs)]
+    first = free[0][0]
+    stopped = Streamer(CFG, params, tok, small(), sampling=GREEDY, stop_ids=(tok.im_end, first)).run(secs)
+    assert next(stopped).tokens == ()
+    with pytest.raises(ValueError, match="below the vocabulary size 1024"):
+        Streamer(CFG, params, tok, small(), stop_ids=(tok.im_end, 151643))
 
 
 # ------------------------------------------------------------------------------------------ bad configs

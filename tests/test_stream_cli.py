@@ -101,3 +101,20 @@ def test_interrupt_flushes_what_was_said(tmp_path, capsys):
 
 def test_vtt_time():
     assert vtt_time(3725.5) == "01:02:05.500" and vtt_time(0) == "00:00:00.000"
+
+
+def test_generation_config_sets_top_k_and_stops(files, tmp_path, capsys):
+    """A checkpoint whose generation_config.json says top_k=1 streams what --greedy streams."""
+    root, ckpt, video = files
+    gen = tmp_path / "generation_config.json"
+    gen.write_text(json.dumps({"top_k": 1, "top_p": 0.001, "eos_token_id": [1005, 1004]}))
+    stock = svlm_jax.save(tmp_path / "ckpt", CFG, PARAMS(jax.random.key(0)), files=[root / "tokenizer.json", gen])
+    sampled = [x for x in SMALL if x != "--greedy"]
+
+    def texts(path, flags):
+        assert main(["--ckpt", str(path), "--video", video, "--jsonl"] + flags) == 0
+        return [json.loads(x)["text"] for x in capsys.readouterr().out.splitlines()]
+
+    greedy = texts(ckpt, SMALL)
+    assert texts(stock, sampled) == greedy
+    assert texts(ckpt, sampled + ["--top-k", "0", "--seed", "1"]) != greedy  # sampling really samples
