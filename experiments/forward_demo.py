@@ -14,14 +14,12 @@ import importlib.util
 import os
 import tempfile
 import time
-from fractions import Fraction
 
-import av
 import jax
 import numpy as np
 
 import svlm_jax
-from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, VideoError, preprocess_video, read_frames
+from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, VideoError, preprocess_video, read_frames, write_mp4
 
 
 def bundled_video() -> str | None:
@@ -36,20 +34,14 @@ def bundled_video() -> str | None:
 def write_synthetic(path: str, seconds: float, rate: int = 8, h: int = 224, w: int = 320) -> str:
     """Write an h264 mp4 of a red square crossing a grey frame left to right; returns `path`."""
     n = max(1, int(round(seconds * rate)))
-    with av.open(path, "w") as c:
-        s = c.add_stream("libx264", rate=rate)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(n):
-            img = np.full((h, w, 3), 96, np.uint8)  # [H, W, 3]
-            x = int((w - 48) * i / max(1, n - 1))
-            img[h // 2 - 24: h // 2 + 24, x: x + 48] = (220, 30, 30)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, rate)
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+
+    def frame(i):
+        img = np.full((h, w, 3), 96, np.uint8)  # [H, W, 3]
+        x = int((w - 48) * i / max(1, n - 1))
+        img[h // 2 - 24: h // 2 + 24, x: x + 48] = (220, 30, 30)
+        return img
+
+    return write_mp4(path, (frame(i) for i in range(n)), rate)
 
 
 def build_input_ids(cfg: svlm_jax.ModelConfig, grid_thw: np.ndarray, n_text: int = 5) -> np.ndarray:

@@ -507,3 +507,33 @@ class FrameStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int, *,
+              options: dict[str, str] | None = None) -> str:
+    """Encode RGB frames (each uint8 [H, W, 3], all one size, even sides) as h264 mp4; frame i at i/fps s.
+
+    options go to libx264 (e.g. {"crf": "0"} for near-lossless). The file is written under a temporary
+    name and renamed when complete. Returns `path` as a string.
+    """
+    path = str(path)
+    tmp = path + ".part"
+    with av.open(tmp, mode="w", format="mp4") as out:
+        stream = None
+        for i, img in enumerate(frames):
+            img = np.ascontiguousarray(img, np.uint8)  # [H, W, 3]
+            if stream is None:
+                stream = out.add_stream("libx264", rate=fps)
+                stream.height, stream.width = img.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.options = dict(options or {})
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        if stream is None:
+            raise ValueError(f"write_mp4 got no frames for {path}; pass at least one.")
+        for packet in stream.encode():
+            out.mux(packet)
+    os.replace(tmp, path)
+    return path

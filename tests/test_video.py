@@ -1,14 +1,13 @@
 """svlm_jax.video: HF preprocessing parity, grid sampling of decoded video, errors, and FrameStream."""
 import importlib.util
 import os
-from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 
 from svlm_jax.video import (VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError, patchify_image,
-                            patchify_video, preprocess_image, preprocess_video, read_frames, smart_resize)
+                            patchify_video, preprocess_image, preprocess_video, read_frames, smart_resize,
+                            write_mp4)
 
 STEP = 10  # frame i of a synthetic video is flat grey at level STEP * i
 
@@ -16,19 +15,9 @@ STEP = 10  # frame i of a synthetic video is flat grey at level STEP * i
 def _write_mp4(path, n: int, rate: int, h: int = 80, w: int = 112, noise: bool = False) -> str:
     """Write an h264 mp4 whose frame i is grey level STEP*i (or random noise), pts i/rate."""
     rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=rate)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"crf": "0"}  # near-lossless, so the grey level identifies the frame
-        for i in range(n):
-            img = rng.integers(0, 256, (h, w, 3), np.uint8) if noise else np.full((h, w, 3), STEP * i, np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, rate)
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return str(path)
+    frames = (rng.integers(0, 256, (h, w, 3), np.uint8) if noise else np.full((h, w, 3), STEP * i, np.uint8)
+              for i in range(n))
+    return write_mp4(path, frames, rate, options={"crf": "0"})  # near-lossless: the grey level names the frame
 
 
 def _index(frame: np.ndarray) -> int:

@@ -218,21 +218,11 @@ def words_of(events: Sequence[Event]) -> list[tuple[float, float, str]]:
 
 def write_video(path: str, objs: Sequence[_Obj], duration: float, cfg: WorldConfig) -> None:
     """Encode the scene as h264 mp4 at video_fps (written to a temp name, then renamed)."""
-    import av
+    from svlm_jax.video import write_mp4
 
-    tmp = path + ".part"
-    with av.open(tmp, mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=cfg.video_fps)
-        stream.width = stream.height = cfg.size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for i in range(int(round(duration * cfg.video_fps))):
-            frame = av.VideoFrame.from_ndarray(render(objs, i / cfg.video_fps, cfg), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    os.replace(tmp, path)
+    n = int(round(duration * cfg.video_fps))
+    write_mp4(path, (render(objs, i / cfg.video_fps, cfg) for i in range(n)), cfg.video_fps,
+              options={"crf": "18", "preset": "veryfast"})
 
 
 @dataclasses.dataclass(frozen=True)
