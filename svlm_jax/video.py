@@ -518,22 +518,27 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int, *
     """
     path = str(path)
     tmp = path + ".part"
-    with av.open(tmp, mode="w", format="mp4") as out:
-        stream = None
-        for i, img in enumerate(frames):
-            img = np.ascontiguousarray(img, np.uint8)  # [H, W, 3]
+    try:
+        with av.open(tmp, mode="w", format="mp4") as out:
+            stream = None
+            for i, img in enumerate(frames):
+                img = np.ascontiguousarray(img, np.uint8)  # [H, W, 3]
+                if stream is None:
+                    stream = out.add_stream("libx264", rate=fps)
+                    stream.height, stream.width = img.shape[:2]
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = dict(options or {})
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
             if stream is None:
-                stream = out.add_stream("libx264", rate=fps)
-                stream.height, stream.width = img.shape[:2]
-                stream.pix_fmt = "yuv420p"
-                stream.options = dict(options or {})
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in stream.encode(frame):
+                raise ValueError(f"write_mp4 got no frames for {path}; pass at least one.")
+            for packet in stream.encode():
                 out.mux(packet)
-        if stream is None:
-            raise ValueError(f"write_mp4 got no frames for {path}; pass at least one.")
-        for packet in stream.encode():
-            out.mux(packet)
+    except BaseException:  # leave no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
     return path

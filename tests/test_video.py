@@ -254,3 +254,12 @@ def test_frame_stream_bad_arguments(clip):
         FrameStream(clip, fps=9)
     with pytest.raises(ValueError, match="source_fps"):
         FrameStream(iter([]))
+
+
+def test_write_mp4_round_trips_and_refuses_no_frames(tmp_path):
+    path = _write_mp4(tmp_path / "ramp.mp4", n=6, rate=4)
+    assert [(t, _index(f)) for t, f in read_frames(path, fps=4)] == [(i / 4, i) for i in range(6)]
+    assert not os.path.exists(path + ".part")
+    with pytest.raises(ValueError, match="got no frames"):
+        write_mp4(tmp_path / "none.mp4", [], 4)
+    assert not any(p.name.startswith("none") for p in tmp_path.iterdir())  # no partial file left
