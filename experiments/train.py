@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import io
 import json
 import os
 import random
@@ -157,6 +158,7 @@ def unigram_baseline(chunks, tok, sample_cfg, limit: int = 2000) -> float:
 
 def stream_eval(cfg, params, tok, paths, args, log) -> dict:
     """Stream the trained model over the held-out synthetic video and score its event calls."""
+    from experiments.stream import Outputs
     from svlm_jax.cache import StreamConfig
     from svlm_jax.data.synthetic import load_events, score_commentary
     from svlm_jax.stream import SamplingConfig, Streamer
@@ -168,10 +170,16 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
     streamer = Streamer(cfg, params, tok, scfg, sampling=SamplingConfig(greedy=True), query=None)
     comments = []
     t0 = time.time()
-    with FrameStream(paths["stream_video"], fps=args.fps, min_pixels=args.min_pixels,
-                     max_pixels=args.max_pixels) as frames:
-        for c in streamer.run(frames):
-            comments.append((c.t0, c.text))
+    vtt = os.path.join(args.out, "stream_eval.vtt")
+    subtitles = Outputs(jsonl=False, vtt_path=vtt, out=io.StringIO())
+    try:
+        with FrameStream(paths["stream_video"], fps=args.fps, min_pixels=args.min_pixels,
+                         max_pixels=args.max_pixels) as frames:
+            for c in streamer.run(frames):
+                comments.append((c.t0, c.text))
+                subtitles.write(c)
+    finally:
+        subtitles.close()
     seconds = time.time() - t0
     score = score_commentary(events, comments)
     score["stream_seconds"] = len(comments)
@@ -180,7 +188,8 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
         for (t, text) in comments:
             f.write(json.dumps({"t0": t, "text": text}) + "\n")
     log(f"Streamed {len(comments)} s of held-out video ({len(comments) / args.window:.1f}x a training chunk) "
-        f"in {seconds:.1f} s; transcript in {args.out}/stream_eval.jsonl")
+        f"in {seconds:.1f} s; transcript in {args.out}/stream_eval.jsonl. Watch it: play {paths['stream_video']} "
+        f"with {vtt} as subtitles.")
     for t, text in comments[:12]:
         want = " | ".join(e.phrase for e in events if e.round == int(t)) or "..."
         log(f"  t={t:5.1f}s  model: {text or '...':<40}  truth: {want}")

@@ -95,6 +95,7 @@ def test_stream_eval_scores_the_held_out_stream(small_set, tmp_path):
     with open(tmp_path / "stream_eval.jsonl") as f:
         assert [json.loads(line)["t0"] for line in f] == [float(t) for t in range(12)]
     assert any("truth:" in line for line in lines)
+    assert (tmp_path / "stream_eval.vtt").read_text().startswith("WEBVTT\n\n")
 
 
 @pytest.mark.slow
