@@ -29,11 +29,12 @@ class Qwen25VL(nn.Module):
 
     cfg: ModelConfig
     remat: bool = False
+    attn_q_chunk: int | None = None  # query rows per attention block in the decoder (None: all at once)
 
     def setup(self):
         c, dt = self.cfg, self.cfg.compute_dtype
         self.visual = VisionTower(c.vision, dt)
-        self.text = TextDecoder(c.text, dt, self.remat)
+        self.text = TextDecoder(c.text, dt, self.remat, self.attn_q_chunk)
         if not c.text.tie_word_embeddings:
             self.lm_head = nn.Dense(c.text.vocab_size, use_bias=False, dtype=dt, param_dtype=jnp.float32,
                                     kernel_init=nn.initializers.normal(0.02))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from svlm_jax.config import TextConfig
@@ -27,11 +28,7 @@ class LayerKV(NamedTuple):
     slots: Any
 
 
-def gqa_attention(q, k, v, mask, num_kv: int):
-    """Grouped-query attention. q [B,T,N,H], k/v [B,S,KV,H], mask [B,T,S] bool -> [B,T,N,H].
-
-    Logits and softmax in fp32; probabilities cast back to q's dtype before the value product.
-    """
+def _gqa_dense(q, k, v, mask, num_kv: int):
     b, t, n, h = q.shape
     qg = q.reshape(b, t, num_kv, n // num_kv, h)  # [B, T, KV, G, H]
     logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * h**-0.5
@@ -40,9 +37,31 @@ def gqa_attention(q, k, v, mask, num_kv: int):
     return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
 
 
+def gqa_attention(q, k, v, mask, num_kv: int, q_chunk: int | None = None):
+    """Grouped-query attention. q [B,T,N,H], k/v [B,S,KV,H], mask [B,T,S] bool -> [B,T,N,H].
+
+    Logits and softmax in fp32; probabilities cast back to q's dtype before the value product.
+    q_chunk: when T > q_chunk, queries go q_chunk at a time and each chunk is recomputed in the backward
+    pass, so only [q_chunk, S] logits exist at once instead of [T, S] (a 24-s chunk at 720p is ~20k
+    tokens: 45 GB of fp32 logits per layer for the 7B). Every query row sees all S keys either way, so
+    the result is the same.
+    """
+    b, t, n, h = q.shape
+    if not q_chunk or t <= q_chunk:
+        return _gqa_dense(q, k, v, mask, num_kv)
+    nc = -(-t // q_chunk)
+    pad = nc * q_chunk - t
+    qs = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nc, q_chunk, n, h)
+    ms = jnp.pad(mask, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, q_chunk, mask.shape[-1])
+    one = jax.checkpoint(lambda qc, mc: _gqa_dense(qc, k, v, mc, num_kv))
+    out = jax.lax.map(lambda a: one(*a), (jnp.moveaxis(qs, 1, 0), jnp.moveaxis(ms, 1, 0)))  # [C, B, q, N, H]
+    return jnp.moveaxis(out, 0, 1).reshape(b, nc * q_chunk, n, h)[:, :t]
+
+
 class Attention(nn.Module):
     cfg: TextConfig
     dtype: Any = jnp.float32
+    q_chunk: int | None = None
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, kv: LayerKV | None = None):
@@ -64,7 +83,7 @@ class Attention(nn.Module):
             cos_k, sin_k = kv.cos, kv.sin
         q_rot = apply_rotary(q, cos[:, :, None], sin[:, :, None])
         k_rot = apply_rotary(k_all.astype(self.dtype), cos_k[:, :, None], sin_k[:, :, None])
-        out = gqa_attention(q_rot, k_rot, v_all.astype(self.dtype), mask, c.num_key_value_heads)
+        out = gqa_attention(q_rot, k_rot, v_all.astype(self.dtype), mask, c.num_key_value_heads, self.q_chunk)
         y = dense(c.hidden_size, "o_proj", bias=False, dtype=self.dtype)(out.reshape(b, t, -1))
         return y, (k_all, v_all)
 
@@ -72,11 +91,12 @@ class Attention(nn.Module):
 class DecoderLayer(nn.Module):
     cfg: TextConfig
     dtype: Any = jnp.float32
+    q_chunk: int | None = None
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, kv: LayerKV | None = None):
         c = self.cfg
-        h, new_kv = Attention(c, self.dtype, name="self_attn")(
+        h, new_kv = Attention(c, self.dtype, self.q_chunk, name="self_attn")(
             RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask, kv)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)
@@ -86,19 +106,21 @@ class DecoderLayer(nn.Module):
 class TextDecoder(nn.Module):
     """Token embedding, the decoder stack, and the final norm.
 
-    `remat` recomputes each layer in the backward pass (training memory).
+    `remat` recomputes each layer in the backward pass (training memory); `q_chunk` bounds the attention
+    logits to q_chunk query rows at a time (see `gqa_attention`).
     """
 
     cfg: TextConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    q_chunk: int | None = None
 
     def setup(self):
         c = self.cfg
         self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
                                      embedding_init=nn.initializers.normal(0.02))
         layer_cls = nn.remat(DecoderLayer) if self.remat else DecoderLayer
-        self.layers = [layer_cls(c, self.dtype) for _ in range(c.num_hidden_layers)]
+        self.layers = [layer_cls(c, self.dtype, self.q_chunk) for _ in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps)
 
     def embed(self, input_ids):

@@ -58,6 +58,23 @@ def _leaves(tree):
     return jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
 
 
+def test_chunked_attention_gives_the_same_loss_and_gradient(params):
+    """StepConfig.attn_chunk only bounds memory: the loss and gradient equal the unchunked ones."""
+    from svlm_jax.train.loss import loss_sum
+
+    batch = {k: jax.numpy.asarray(v) for k, v in make_batches(1, rows=2, seed=4)[0].items()}
+    assert batch["input_ids"].shape[1] > 64
+
+    def run(chunk):
+        f = jax.jit(jax.value_and_grad(lambda p: loss_sum(CFG, p, batch, attn_chunk=chunk, stop_vision_grad=False)[0]))
+        return f(params)
+
+    (l0, g0), (l1, g1) = run(None), run(48)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    for (path, a), (_, b) in zip(_leaves(g0), _leaves(g1)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=str(path))  # summation order only
+
+
 def test_accumulation_averages_over_all_tokens(params):
     """accum=2 over two microbatches == one step on both at once (loss is a mean over all their tokens)."""
     b1, b2 = make_batches(2, rows=2, seed=1)

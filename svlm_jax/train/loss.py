@@ -22,14 +22,15 @@ VISION_META = ("window_index", "reverse_index", "rot_pos", "win_idx", "win_valid
 
 
 def batch_hidden(cfg: ModelConfig, params: Params, batch: dict[str, jax.Array], *, remat: bool = True,
-                 stop_vision_grad: bool = True,
+                 stop_vision_grad: bool = True, attn_chunk: int | None = 1024,
                  constrain: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """Final normed hidden states [B, T, D] for a collated batch.
 
     stop_vision_grad: the vision tower is frozen, so its backward pass is skipped entirely.
+    attn_chunk: query rows per attention block (memory; the result is the same).
     constrain: optional sharding constraint applied to the [B, T, D] activations.
     """
-    model = Qwen25VL(cfg, remat=remat)
+    model = Qwen25VL(cfg, remat=remat, attn_q_chunk=attn_chunk)
     ids = batch["input_ids"]  # [B, T]
 
     def encode(px, meta):  # one row: [N, 1176] -> [N/4, D]
@@ -90,8 +91,9 @@ def masked_cross_entropy(cfg: ModelConfig, params: Params, hidden: jax.Array, ta
 
 
 def loss_sum(cfg: ModelConfig, params: Params, batch: dict[str, jax.Array], *, remat: bool = True,
-             stop_vision_grad: bool = True, ce_chunk: int = 1024,
+             stop_vision_grad: bool = True, ce_chunk: int = 1024, attn_chunk: int | None = 1024,
              constrain: Callable[[jax.Array], jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
     """(summed cross-entropy over labelled tokens, labelled-token count) for one batch."""
-    hidden = batch_hidden(cfg, params, batch, remat=remat, stop_vision_grad=stop_vision_grad, constrain=constrain)
+    hidden = batch_hidden(cfg, params, batch, remat=remat, stop_vision_grad=stop_vision_grad, attn_chunk=attn_chunk,
+                          constrain=constrain)
     return masked_cross_entropy(cfg, params, hidden, batch["targets"], batch["loss_mask"], chunk=ce_chunk)

@@ -39,10 +39,12 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """remat: recompute each decoder layer in the backward pass; ce_chunk: positions per logits chunk."""
+    """remat: recompute each decoder layer in the backward pass; ce_chunk: positions per logits chunk;
+    attn_chunk: query rows per attention block (None: the whole sequence at once)."""
 
     remat: bool = True
     ce_chunk: int = 1024
+    attn_chunk: int | None = 1024
 
 
 def init_state(params: Params, tx: optax.GradientTransformation) -> TrainState:
@@ -100,7 +102,7 @@ class Trainer:
     def _loss(self, params, batch):
         return loss_lib.loss_sum(self.model_cfg, params, batch, remat=self.step_cfg.remat,
                                  stop_vision_grad=self.stop_vision_grad, ce_chunk=self.step_cfg.ce_chunk,
-                                 constrain=shd.activation_constraint(self.mesh))
+                                 attn_chunk=self.step_cfg.attn_chunk, constrain=shd.activation_constraint(self.mesh))
 
     def _train_step(self, state: TrainState, batch):
         (ce_sum, n), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, batch)
@@ -126,5 +128,6 @@ class Trainer:
 
     def _eval_step(self, params, batch):
         ce_sum, n = loss_lib.loss_sum(self.model_cfg, params, batch, remat=False, stop_vision_grad=True,
-                                      ce_chunk=self.step_cfg.ce_chunk, constrain=shd.activation_constraint(self.mesh))
+                                      ce_chunk=self.step_cfg.ce_chunk, attn_chunk=self.step_cfg.attn_chunk,
+                                      constrain=shd.activation_constraint(self.mesh))
         return {"loss_sum": ce_sum, "tokens": n}
