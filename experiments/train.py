@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--preset", help="architecture for a from-scratch model: tiny, 100m, 3b, 7b")
     m.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (params stay float32)")
     m.add_argument("--no-remat", action="store_true", help="keep activations instead of recomputing each layer")
+    m.add_argument("--attn-chunk", type=int, default=1024,
+                   help="query rows per attention block: memory linear in sequence length (0: dense)")
     m.add_argument("--freeze", help="comma-separated parameter prefixes not trained ('visual'; 'none')")
     o = p.add_argument_group("optimization")
     o.add_argument("--steps", type=int, help="optimizer steps")
@@ -116,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # Flags that may change between a run and its resumption; all others must match.
 _RESUMABLE = {"eval_every", "eval_batches", "save_every", "keep", "workers", "no_stream_eval", "no_progress",
-              "coordinator", "num_processes", "process_id", "distributed_auto"}
+              "attn_chunk", "coordinator", "num_processes", "process_id", "distributed_auto"}
 
 
 def _check_resume(args, out: str) -> None:
@@ -293,7 +295,7 @@ def main(argv=None) -> int:
     ocfg = OptimConfig(lr=args.lr, warmup_ratio=args.warmup_ratio, total_steps=args.steps,
                        weight_decay=args.weight_decay, clip_norm=args.clip, accum_steps=args.accum, frozen=frozen)
     abstract = param_shapes(cfg)
-    trainer = Trainer(cfg, ocfg, mesh, abstract, StepConfig(remat=not args.no_remat))
+    trainer = Trainer(cfg, ocfg, mesh, abstract, StepConfig(remat=not args.no_remat, attn_chunk=args.attn_chunk or None))
 
     def fresh_state():
         if args.init:
