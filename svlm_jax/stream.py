@@ -70,7 +70,6 @@ class SamplingConfig:
             if not ok:
                 raise ValueError(f"Invalid SamplingConfig: {msg}.")
 
-
     @classmethod
     def from_generation_config(cls, path, **overrides) -> "SamplingConfig":
         """The reference's sampling for the checkpoint at `path` (a directory or its generation_config.json).
