@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from svlm_jax import ModelConfig, param_shapes
+from svlm_jax import ModelConfig, figures, param_shapes
 from svlm_jax.config import TextConfig
 from svlm_jax.model import Qwen25VL, causal_mask
 
@@ -54,12 +54,7 @@ def temp_bytes(cfg: ModelConfig, seq: int, chunk: int | None) -> tuple[int, floa
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figures.subplots(figsize=(7, 4))
     for name in sorted({r["attention"] for r in rows}):
         pts = sorted((r["seq"], r["temp_gib"]) for r in rows if r["attention"] == name)
         ax.plot(*zip(*pts), "o-", label=name)
@@ -74,11 +69,7 @@ def plot(rows: list[dict], path: str) -> None:
                  f"(XLA {rows[0]['backend'].upper()})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path + ".part.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    figures.save(fig, path)
 
 
 def main(argv=None) -> int:

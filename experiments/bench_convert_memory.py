@@ -141,12 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def plot(result: dict, path: pathlib.Path) -> None:
     """RSS over time for each run, against the largest shard and the whole model."""
-    import matplotlib
+    from svlm_jax import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figures.subplots(figsize=(7, 4))
     for name, r in result["runs"].items():
         t, rss = zip(*r["trace"]) if r["trace"] else ((), ())
         ax.plot(t, rss, label=f"{name} (peak {r['peak_rss_mib']:.0f} MiB)")
@@ -157,8 +154,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
     ax.set_ylabel("resident memory (MiB)")
     ax.set_title(f"converter memory, {facts['params'] / 1e6:.0f}M fp32 params in {facts['shards']} shards")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    figures.save(fig, path)
 
 
 if __name__ == "__main__":

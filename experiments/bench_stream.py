@@ -164,12 +164,9 @@ def summarize(rec) -> dict:
 
 def plot(result: dict, path: str) -> None:
     """PNG: latency per second of video and decode ms per token against stream second, one line per mode."""
-    import matplotlib
+    from svlm_jax import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, (ax1, ax2) = figures.subplots(1, 2, figsize=(13, 4.5))
     for mode, rec in result["modes"].items():
         s = np.asarray(rec["second"][1:])
         if s.size == 0:
@@ -187,8 +184,7 @@ def plot(result: dict, path: str) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    figures.save(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,12 +162,9 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, path: str) -> None:
-    import matplotlib
+    from svlm_jax import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3 + 0.3 * len(rows)))
+    fig, ax = figures.subplots(figsize=(7, 3 + 0.3 * len(rows)))
     names = [f"{r['name']} ({r['device']})" for r in rows]
     ax.barh(names, [r["tokens_per_s"] for r in rows])
     for i, r in enumerate(rows):
@@ -175,10 +172,7 @@ def _plot(rows, path: str) -> None:
         ax.text(r["tokens_per_s"], i, " " + label, va="center", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("training tokens / s (compiled step, data loading excluded)")
-    fig.tight_layout()
-    fig.savefig(path + ".part.png", dpi=120)
-    plt.close(fig)
-    os.replace(path + ".part.png", path)
+    figures.save(fig, path)
 
 
 if __name__ == "__main__":

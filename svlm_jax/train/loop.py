@@ -110,15 +110,12 @@ def _trim_metrics(path: str, step: int) -> None:
 
 def plot_losses(metrics_path: str, png_path: str, baseline: float | None = None) -> None:
     """Train loss per step, eval loss, and the unigram baseline, to a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from svlm_jax import figures
 
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
     evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figures.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), lw=0.8, alpha=0.8, label="train loss")
     if evals:
@@ -130,11 +127,7 @@ def plot_losses(metrics_path: str, png_path: str, baseline: float | None = None)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = png_path + ".part.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    figures.save(fig, png_path)
 
 
 def evaluate(trainer: Trainer, params, batches: Iterator[dict[str, Any]], n_batches: int) -> float:
