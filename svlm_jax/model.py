@@ -110,9 +110,9 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg", "attn_chunk"))
 def _forward_core(cfg: ModelConfig, params: Params, input_ids, positions, attention_mask,
-                  img_px, img_meta, vid_px, vid_meta):
+                  img_px, img_meta, vid_px, vid_meta, attn_chunk: int | None = None):
     def fn(m: Qwen25VL):
         x = m.embed(input_ids)
         if img_px is not None:
@@ -122,7 +122,7 @@ def _forward_core(cfg: ModelConfig, params: Params, input_ids, positions, attent
         hidden, _ = m.decode(x, positions, causal_mask(attention_mask))
         return m.logits(hidden)
 
-    return nn.apply(fn, Qwen25VL(cfg))({"params": params})
+    return nn.apply(fn, Qwen25VL(cfg, attn_q_chunk=attn_chunk))({"params": params})
 
 
 def _vision_inputs(cfg: ModelConfig, ids: np.ndarray, pixels, grid, token_id: int, kind: str):
@@ -148,14 +148,15 @@ def _vision_inputs(cfg: ModelConfig, ids: np.ndarray, pixels, grid, token_id: in
 
 def forward(cfg: ModelConfig, params: Params, input_ids, *, attention_mask=None, pixel_values=None,
             image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
-            second_per_grid_ts=None, time_mode: str = "hf") -> jax.Array:
+            second_per_grid_ts=None, time_mode: str = "hf", attn_chunk: int | None = None) -> jax.Array:
     """Logits [B, T, V] (float32) for a batch, with HF's input names and meanings.
 
     input_ids [B, T]; attention_mask [B, T] (1 = token, 0 = padding, left or right);
     pixel_values [N_img_patches, C*2*14*14] with image_grid_thw [n_images, 3];
     pixel_values_videos likewise with video_grid_thw [n_videos, 3] and second_per_grid_ts [n_videos].
     Accepts numpy or jax arrays. Positions follow HF's get_rope_index (`time_mode="float"` gives
-    StreamingVLM's untruncated temporal positions).
+    StreamingVLM's untruncated temporal positions). attn_chunk: run the decoder's attention that many query
+    rows at a time, so long inputs need [attn_chunk, T] attention logits instead of [T, T]; same result.
     """
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
@@ -169,4 +170,4 @@ def forward(cfg: ModelConfig, params: Params, input_ids, *, attention_mask=None,
                                   second_per_grid_ts=second_per_grid_ts, attention_mask=mask,
                                   time_mode=time_mode)
     return _forward_core(cfg, params, jnp.asarray(ids, jnp.int32), jnp.asarray(positions),
-                         jnp.asarray(mask, jnp.int32), img_px, img_meta, vid_px, vid_meta)
+                         jnp.asarray(mask, jnp.int32), img_px, img_meta, vid_px, vid_meta, attn_chunk=attn_chunk)

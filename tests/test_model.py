@@ -128,6 +128,9 @@ def test_logits_with_vision(pair, kind):
     ref = _hf_logits(hf, ids, **vision)
     ours = forward(cfg, params, ids, **vision)
     assert _report(f"logits {kind} tie={cfg.text.tie_word_embeddings}", ours, ref) <= TOL
+    if kind == "image+video":  # attention 8 query rows at a time: the same logits
+        chunked = forward(cfg, params, ids, **vision, attn_chunk=8)
+        assert _report(f"logits {kind} attn_chunk=8", chunked, ref) <= TOL
 
 
 def test_logits_text_only_padded_batch(pair):
@@ -141,6 +144,8 @@ def test_logits_text_only_padded_batch(pair):
     ours = np.asarray(forward(cfg, params, ids, attention_mask=mask))
     keep = mask.astype(bool)
     assert _report(f"logits text tie={cfg.text.tie_word_embeddings}", ours[keep], ref[keep]) <= TOL
+    chunked = np.asarray(forward(cfg, params, ids, attention_mask=mask, attn_chunk=5))  # 13 rows: 5, 5, 3
+    assert _report("logits text attn_chunk=5", chunked[keep], ref[keep]) <= TOL
 
 
 def test_logits_bfloat16(pair):
