@@ -1,0 +1,116 @@
+"""Video QA on OVO-Bench, LongVideoBench, Video-MME or MVBench with a converted checkpoint.
+
+    python -m experiments.eval_vqa --bench ovo|lvb|videomme|mvbench --data DIR --ckpt CKPT \
+        [--mode offline|streaming] [--out OUT] [--batch 4] [--attn-chunk 1024] [--limit N]
+
+--mode offline (default) answers as the original: the whole clip, full attention, the answer read from the
+option tokens' logits (evaluation.md §3-4). --mode streaming plays each video through the streaming cache
+at 2 FPS and asks each question at its second. Predictions go to OUT/predictions.jsonl as they come, so a
+killed run resumes where it stopped; OUT/scores.json (every prediction and score) and OUT/table.md are
+written at the end. Missing or unreadable videos are counted and skipped; malformed records are listed
+with their file and line. Exit code 2 for bad input, 130 when interrupted (the predictions are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from svlm_jax.eval.vqa.protocols import BENCHES, PROTOCOLS
+
+MODES = ("offline", "streaming")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The CLI's flags."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.eval_vqa", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bench", required=True, choices=BENCHES, help="benchmark")
+    ap.add_argument("--data", required=True, help="the benchmark's directory as released (see docs/EVALUATION.md)")
+    ap.add_argument("--ckpt", required=True, help="checkpoint directory (svlm_jax.save / converters.hf_to_jax)")
+    ap.add_argument("--mode", choices=MODES, default="offline", help="offline (as the original) or streaming")
+    ap.add_argument("--out", default=None, help="output directory (default: eval_vqa/<bench>-<mode>)")
+    ap.add_argument("--batch", type=int, default=4, help="questions per forward pass offline / streams at once (4)")
+    ap.add_argument("--attn-chunk", type=int, default=1024,
+                    help="query rows per attention block offline; 0 = all at once (1024)")
+    ap.add_argument("--vision-chunk", type=int, default=16, help="temporal grids per vision-tower call (16)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="compute and parameter dtype (default: as stored)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit code."""
+    a = parse_args(argv)
+    try:
+        return _main(a)
+    except KeyboardInterrupt:
+        print("interrupted; the answers so far are in the predictions file, rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+def _main(a: argparse.Namespace) -> int:
+    from svlm_jax.eval.vqa.readers import read_bench
+    from svlm_jax.eval.vqa.records import RecordError
+    from svlm_jax.eval.vqa.results import PREDICTIONS, Predictions, finish
+
+    if a.batch < 1:
+        print(f"error: --batch must be >= 1, got {a.batch}.", file=sys.stderr)
+        return 2
+    try:
+        report = read_bench(a.bench, a.data)
+    except (FileNotFoundError, RecordError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{PROTOCOLS[a.bench].name}: {report.summary()}", file=sys.stderr)
+    for m in report.malformed[:20]:
+        print(f"  malformed: {m}", file=sys.stderr)
+    if len(report.malformed) > 20:
+        print(f"  ... and {len(report.malformed) - 20} more (all listed in scores.json)", file=sys.stderr)
+    if not report.questions:
+        print(f"error: no question of {a.data} has its video; check --data (videos are looked up as described "
+              f"in docs/EVALUATION.md).", file=sys.stderr)
+        return 2
+    questions = report.questions[:a.limit] if a.limit else report.questions
+    try:
+        import svlm_jax
+        from svlm_jax.tokenizer import ChatTokenizer
+
+        tok = ChatTokenizer.from_dir(a.ckpt)
+        cfg, params = svlm_jax.load(a.ckpt, a.dtype)
+        tok.check_model(cfg)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = a.out or os.path.join("eval_vqa", f"{a.bench}-{a.mode}")
+    os.makedirs(out, exist_ok=True)
+    with Predictions(os.path.join(out, PREDICTIONS)) as preds:
+        if preds.done:
+            print(f"resuming: {len(preds.done)} answers already in {preds.path}", file=sys.stderr)
+        if a.mode == "offline":
+            from svlm_jax.eval.vqa.run import run_offline
+
+            bad = run_offline(cfg, params, tok, a.bench, questions, preds, batch=a.batch,
+                              attn_chunk=a.attn_chunk or None, vision_chunk=a.vision_chunk,
+                              progress=not a.no_progress)
+        else:
+            from svlm_jax.eval.vqa.streaming import run_streaming
+
+            bad = run_streaming(cfg, params, tok, a.bench, questions, preds, batch=a.batch,
+                                vision_chunk=a.vision_chunk, progress=not a.no_progress)
+        wanted = {q.qid for q in questions}
+        res = finish(a.bench, a.mode, [r for r in preds.done.values() if r["qid"] in wanted], out, report, bad)
+    if bad:
+        print(f"{len(bad)} questions skipped: {len({v for _, v in bad})} videos could not be decoded "
+              f"(listed in scores.json).", file=sys.stderr)
+    print(res["table"])
+    h = res["headline"]
+    print(f"{PROTOCOLS[a.bench].name} {a.mode} {h['name']}: "
+          f"{'-' if h['value'] is None else format(h['value'], '.2f')}  ({out}/scores.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
