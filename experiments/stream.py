@@ -114,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mode", choices=MODES, default="streaming")
     ap.add_argument("--max-cache-gib", type=float, default=8.0, help="memory cap of --mode full (8)")
     ap.add_argument("--query-tokens", type=int, default=d.query_tokens, help="room for the query (128)")
+    ap.add_argument("--quant", choices=("int8",), default=None,
+                    help="int8 weight-only quantization of the decoder and LM head (less memory to read per token)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                     help="compute and parameter dtype (default: as stored)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a URL (10)")
@@ -146,7 +148,7 @@ def _main(a: argparse.Namespace) -> int:
                             pos_mode=a.pos_mode)
         tok = ChatTokenizer.from_dir(a.ckpt)
         stop_ids = stop_ids_for(tok, a.ckpt)
-        cfg, params = svlm_jax.load(a.ckpt, a.dtype)
+        cfg, params = svlm_jax.load(a.ckpt, a.dtype, quant=a.quant)
         frames = FrameStream(a.video, fps=a.fps, start=a.start, end=a.end, timeout=a.timeout)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -202,11 +202,12 @@ def _check_stored(path: pathlib.Path, cfg: ModelConfig) -> dict[str, tuple[tuple
     return stored
 
 
-def load(path: str | os.PathLike, dtype=None) -> tuple[ModelConfig, Params]:
+def load(path: str | os.PathLike, dtype=None, quant: str | None = None) -> tuple[ModelConfig, Params]:
     """Load (cfg, params) from checkpoint `path`; params is a nested dict of jax arrays on the default device.
 
     With `dtype` (e.g. jnp.bfloat16 or "bfloat16") every parameter is cast to it and the returned
-    config computes in it; otherwise parameters keep their stored dtypes.
+    config computes in it; otherwise parameters keep their stored dtypes. quant="int8" quantizes the
+    decoder's linear layers and the LM head to int8 weights with per-channel scales (`svlm_jax.quant`).
     """
     path = _require(path)
     cfg = load_config(path)
@@ -217,6 +218,10 @@ def load(path: str | os.PathLike, dtype=None) -> tuple[ModelConfig, Params]:
     abstract = {k: jax.ShapeDtypeStruct(shape, _DTYPES[cfg.dtype] if dtype is not None else dt, sharding=device)
                 for k, (shape, dt) in stored.items()}
     params = ocp.load(path / PARAMS_DIR, _unflatten(abstract))
+    if quant is not None:
+        from svlm_jax.quant import quantize_params
+
+        params = quantize_params(cfg, params, quant)
     return cfg, params
 
 

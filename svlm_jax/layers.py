@@ -1,6 +1,8 @@
 """Building blocks shared by the vision tower and the decoder: HF-ordered RMSNorm, SwiGLU, rotations."""
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,10 +24,69 @@ class RMSNorm(nn.Module):
         return scale.astype(x.dtype) * normed.astype(x.dtype)
 
 
-def dense(features: int, name: str, *, bias: bool, dtype) -> nn.Dense:
-    """A Linear layer whose kernel is the transpose of torch's (in, out) and whose params stay fp32 at init."""
-    return nn.Dense(features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32, name=name,
-                    kernel_init=nn.initializers.normal(0.02))
+class Linear(nn.Module):
+    """A Linear layer, [..., in] -> [..., features], with an optional int8 weight-only kernel.
+
+    Float params are `kernel` [in, out] (the transpose of torch's weight, fp32 at init) and `bias` [out],
+    the names and maths of `nn.Dense`. A tree from `svlm_jax.quant.quantize_params` holds instead
+    `kernel_int8` [in, out] int8 and `kernel_scale` [out] (per output channel, symmetric): the kernel is
+    dequantized in the compute dtype inside the matmul, so only int8 bytes are read from memory where the
+    backend fuses the conversion (XLA on GPU).
+    """
+
+    features: int
+    use_bias: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        contract = (((x.ndim - 1,), (0,)), ((), ()))
+        if self.has_variable("params", "kernel_int8"):
+            q = self.get_variable("params", "kernel_int8")  # [in, out] int8
+            scale = self.get_variable("params", "kernel_scale")  # [out]
+            y = jax.lax.dot_general(x.astype(self.dtype), q.astype(self.dtype), contract) * scale.astype(self.dtype)
+        else:
+            kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), jnp.float32)
+            y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), contract)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+        return y
+
+
+def dense(features: int, name: str, *, bias: bool, dtype) -> Linear:
+    """A `Linear` named `name` (params fp32 at init, kernel = torch weight transposed)."""
+    return Linear(features, bias, dtype, name=name)
+
+
+class Embed(nn.Module):
+    """Token embedding [V, D] that doubles as the tied LM head, with an optional int8 table.
+
+    Float param `embedding` [V, D] (the name and maths of `nn.Embed`); a quantized tree holds
+    `embedding_int8` [V, D] int8 and `embedding_scale` [V] (per row, symmetric), dequantized on the fly.
+    """
+
+    num_embeddings: int
+    features: int
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        if self.has_variable("params", "embedding_int8"):
+            self.table = self.get_variable("params", "embedding_int8")
+            self.scale = self.get_variable("params", "embedding_scale")
+        else:
+            self.table = self.param("embedding", nn.initializers.normal(0.02), (self.num_embeddings, self.features),
+                                    jnp.float32)
+            self.scale = None
+
+    def __call__(self, ids):
+        """ids [...] int -> [..., D] in the compute dtype."""
+        rows = jnp.take(self.table, ids, axis=0).astype(self.dtype)
+        return rows if self.scale is None else rows * jnp.take(self.scale, ids, axis=0)[..., None].astype(self.dtype)
+
+    def attend(self, x):
+        """x [..., D] -> logits [..., V] against the table (the tied head)."""
+        y = jnp.dot(x.astype(self.dtype), self.table.astype(self.dtype).T)
+        return y if self.scale is None else y * self.scale.astype(self.dtype)
 
 
 class SwiGLU(nn.Module):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from svlm_jax.config import ModelConfig
+from svlm_jax.layers import Linear
 from svlm_jax.rope import get_rope_index, text_cos_sin
 from svlm_jax.text import LayerKV, TextDecoder
 from svlm_jax.vision import VisionTower, vision_metadata
@@ -36,8 +37,7 @@ class Qwen25VL(nn.Module):
         self.visual = VisionTower(c.vision, dt)
         self.text = TextDecoder(c.text, dt, self.remat, self.attn_q_chunk)
         if not c.text.tie_word_embeddings:
-            self.lm_head = nn.Dense(c.text.vocab_size, use_bias=False, dtype=dt, param_dtype=jnp.float32,
-                                    kernel_init=nn.initializers.normal(0.02))
+            self.lm_head = Linear(c.text.vocab_size, False, dt)
 
     def encode_vision(self, pixel_values, meta):
         """pixel_values [N, patch_dim] -> [N/4, D] merged vision embeddings."""

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from svlm_jax.config import TextConfig
-from svlm_jax.layers import RMSNorm, SwiGLU, apply_rotary, dense
+from svlm_jax.layers import Embed, RMSNorm, SwiGLU, apply_rotary, dense
 
 
 class LayerKV(NamedTuple):
@@ -117,8 +117,7 @@ class TextDecoder(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
-                                     embedding_init=nn.initializers.normal(0.02))
+        self.embed_tokens = Embed(c.vocab_size, c.hidden_size, self.dtype)
         layer_cls = nn.remat(DecoderLayer) if self.remat else DecoderLayer
         self.layers = [layer_cls(c, self.dtype, self.q_chunk) for _ in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps)
