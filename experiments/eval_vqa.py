@@ -100,8 +100,9 @@ def _main(a: argparse.Namespace) -> int:
 
             bad = run_streaming(cfg, params, tok, a.bench, questions, preds, batch=a.batch,
                                 vision_chunk=a.vision_chunk, progress=not a.no_progress)
-        wanted = {q.qid for q in questions}
-        res = finish(a.bench, a.mode, [r for r in preds.done.values() if r["qid"] in wanted], out, report, bad)
+        # Question order, so scores.json does not depend on the order answers came in (streaming, resumes).
+        res = finish(a.bench, a.mode, [preds.done[q.qid] for q in questions if q.qid in preds.done], out, report,
+                     bad)
     if bad:
         print(f"{len(bad)} questions skipped: {len({v for _, v in bad})} videos could not be decoded "
               f"(listed in scores.json).", file=sys.stderr)
