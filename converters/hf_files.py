@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from converters import safetensors_io
+from svlm_jax.errors import CheckpointError
 
 # Tokenizer, processor and generation files that travel with the weights in both directions.
 SIDE_FILES = (
@@ -82,7 +83,11 @@ def iter_tensors(path: pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
         raise ImportError(f"Reading {path.name} needs torch; install the extra (pip install 'svlm-jax[torch]') "
                           f"or convert the checkpoint to safetensors first.") from None
     # weights_only refuses pickled code; mmap keeps the shard on disk until each tensor is touched.
-    state = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
+        raise CheckpointError(f"Cannot read {path}: it is truncated or not a PyTorch state dict "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); download it again.") from None
     try:
         while state:
             key = next(iter(state))

@@ -19,6 +19,7 @@ import os
 import pathlib
 import sys
 import time
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +29,7 @@ from converters import hf_files
 from converters.keys import KeyChecker, normalize_key, to_jax
 from svlm_jax import checkpoint
 from svlm_jax.config import ModelConfig
+from svlm_jax.errors import CheckpointError, check_output, one_line, print_warnings
 
 DTYPE_CHOICES = ("keep", "float32", "bfloat16", "float16")
 _EMBED = "model.embed_tokens.weight"
@@ -52,6 +54,16 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def check_values(key: str, arr: np.ndarray, where: str) -> None:
+    """Warn, naming the tensor, when a weight is not floating point or holds NaN or inf."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        warnings.warn(f"Tensor {key!r} in {where} is stored as {arr.dtype}, not a float; it will be cast. Check "
+                      f"how the checkpoint was made.", stacklevel=2)
+    elif not np.isfinite(arr.astype(np.float32, copy=False) if arr.dtype.itemsize < 4 else arr).all():
+        warnings.warn(f"Tensor {key!r} in {where} holds NaN or inf; the converted model's outputs will be garbage.",
+                      stacklevel=2)
 
 
 def match_lm_head(key: str) -> bool:
@@ -96,6 +108,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
         raise ValueError(f"--dtype must be one of {DTYPE_CHOICES}, got {dtype!r}.")
     start = time.time()
     src = hf_files.hf_dir(src)
+    check_output(dst, [src], what="DST", replaces=True)
     cfg = ModelConfig.from_hf(src).replace(dtype=_compute_dtype(src, dtype))
     files = hf_files.weight_files(src)
     keys = _preflight(files, cfg)
@@ -113,6 +126,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
             bar.set_postfix_str(f.name)
             for key, arr in hf_files.iter_tensors(f):
                 path, transform = checker.take(key, arr.shape)
+                check_values(key, arr, f.name)
                 if check_tie and path in (None, "text/embed_tokens/embedding"):
                     digests[_EMBED if path else _LM_HEAD] = (key, _digest(arr))
                 if path is not None:
@@ -142,12 +156,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
 
 
 def error_text(e: BaseException) -> str:
-    """The message of an exception, without the quotes str() adds to a KeyError."""
-    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    """The message of an exception on one line, without the quotes str() adds to a KeyError."""
+    return one_line(e)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (1 with a one-line error on bad input)."""
+    """CLI entry point; returns the exit status (2 with a one-line error on bad input)."""
     ap = argparse.ArgumentParser(prog="python -m converters.hf_to_jax", description=__doc__.split("\n")[0])
     ap.add_argument("src", help="HF Qwen2.5-VL directory (config.json + safetensors or pytorch_model*.bin)")
     ap.add_argument("dst", help="svlm-jax checkpoint directory to create")
@@ -157,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     try:
-        s = convert(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
-                    flush_bytes=args.flush_mb * 2**20, progress=not args.no_progress)
-    except (KeyError, ValueError, OSError, ImportError) as e:
-        print(f"hf_to_jax: error: {error_text(e)}", file=sys.stderr)
-        return 1
+        with print_warnings("hf_to_jax"):
+            s = convert(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
+                        flush_bytes=args.flush_mb * 2**20, progress=not args.no_progress)
+    except (KeyError, ValueError, OSError, ImportError) as e:  # bad input: the key table and files name it
+        print(f"hf_to_jax: error: {one_line(e)}", file=sys.stderr)
+        return 2
     tied = " (tied lm_head dropped)" if s["dropped_tied_lm_head"] else ""
     print(f"hf_to_jax: {s['tensors']} tensors{tied}, {s['params']:,} params, {s['dtype']}, "
           f"{s['seconds']:.1f}s -> {s['dst']}")

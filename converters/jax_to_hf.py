@@ -23,9 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from converters import hf_files, safetensors_io
-from converters.hf_to_jax import DTYPE_CHOICES, error_text, release_freed_memory
+from converters.hf_to_jax import DTYPE_CHOICES, check_values, error_text, release_freed_memory
 from converters.keys import TO_HF, expected_hf_shapes, hf_key_for
 from svlm_jax import checkpoint
+from svlm_jax.errors import check_output, print_warnings
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -67,6 +68,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
     start = time.time()
     max_bytes = parse_size(max_shard_size)
     cfg = checkpoint.load_config(src)
+    check_output(dst, [src], what="DST", replaces=True)
     stored = checkpoint.params_metadata(src)
     hf_shapes = expected_hf_shapes(cfg)
     plan = {}  # params path -> (HF key, transform, output dtype)
@@ -95,6 +97,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
                     arrays = checkpoint.load_arrays(src, group, None if dtype == "keep" else dtype)
                     for path in group:
                         key, transform, _ = plan[path]
+                        check_values(path, arrays[path], str(src))
                         out.write(key, TO_HF[transform](arrays.pop(path), hf_shapes[key]))
                         weight_map[key] = name
                         bar.update()
@@ -114,7 +117,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "kee
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (1 with a one-line error on bad input)."""
+    """CLI entry point; returns the exit status (2 with a one-line error on bad input)."""
     ap = argparse.ArgumentParser(prog="python -m converters.jax_to_hf", description=__doc__.split("\n")[0])
     ap.add_argument("src", help="svlm-jax checkpoint directory (svlm_config.json + params/)")
     ap.add_argument("dst", help="HF directory to create")
@@ -124,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     try:
-        s = convert(args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                    overwrite=args.overwrite, progress=not args.no_progress)
-    except (KeyError, ValueError, OSError) as e:
+        with print_warnings("jax_to_hf"):
+            s = convert(args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                        overwrite=args.overwrite, progress=not args.no_progress)
+    except (KeyError, ValueError, OSError) as e:  # bad input, named by the message
         print(f"jax_to_hf: error: {error_text(e)}", file=sys.stderr)
-        return 1
+        return 2
     print(f"jax_to_hf: {s['tensors']} tensors in {s['shards']} shard(s), {s['params']:,} params, {s['dtype']}, "
           f"{s['seconds']:.1f}s -> {s['dst']}")
     return 0

@@ -20,6 +20,7 @@ import sys
 from typing import IO, Iterable
 
 from svlm_jax.cache import CacheFull, StreamConfig
+from svlm_jax.errors import SvlmError, check_output, one_line, silence_stdout
 from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM
 from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, stop_ids_for
 from svlm_jax.video import MAX_FPS, VideoError
@@ -72,9 +73,12 @@ def run(streamer: Streamer, seconds: Iterable, outputs: Outputs) -> int:
     except KeyboardInterrupt:
         print(f"interrupted after {outputs.count} s; what was said is flushed.", file=sys.stderr)
         return 130
-    except VideoError as e:
-        print(f"error: {e} ({outputs.count} s streamed and flushed)", file=sys.stderr)
-        return 1
+    except (VideoError, SvlmError) as e:
+        print(f"error: {one_line(e)} ({outputs.count} s streamed and flushed)", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout closed by the reader (`| head`): stop quietly, the VTT is flushed
+        silence_stdout()
+        return 0
     except CacheFull as e:
         print(f"stopped after {outputs.count} s: {e} Use --mode streaming for endless streams.", file=sys.stderr)
         return 0
@@ -91,7 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m experiments.stream", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="checkpoint directory (svlm_jax.save / converters.hf_to_jax)")
     ap.add_argument("--video", required=True, help="video file, URL (rtsp://, http(s)://) or camera /dev/videoN")
-    ap.add_argument("--fps", type=int, default=2, help=f"frames per second fed to the model, 1..{MAX_FPS} (2)")
+    ap.add_argument("--fps", type=int, default=None,
+                    help=f"frames per second fed to the model, 1..{MAX_FPS} (default: the checkpoint's training fps, else 2)")
+    ap.add_argument("--min-pixels", type=int, default=None,
+                    help="per-frame pixel floor (default: the checkpoint's training budget, else 100*28*28)")
+    ap.add_argument("--max-pixels", type=int, default=None,
+                    help="per-frame pixel budget (default: the checkpoint's training budget, else 768*28*28)")
     ap.add_argument("--start", type=float, default=0.0, help="start second of a file (0)")
     ap.add_argument("--end", type=float, default=None, help="stop before this second (default: the end)")
     ap.add_argument("--vision-window", type=int, default=d.vision_window, help="seconds of vision kept (16)")
@@ -131,14 +140,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before streaming started.", file=sys.stderr)
         return 130
+    except SvlmError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        silence_stdout()
+        return 0
 
 
 def _main(a: argparse.Namespace) -> int:
     try:
         import svlm_jax
+        from svlm_jax.checkpoint import load_config, load_preprocessing
         from svlm_jax.tokenizer import ChatTokenizer
         from svlm_jax.video import FrameStream
 
+        if a.vtt:
+            check_output(a.vtt, [a.video, a.ckpt], what="--vtt file")
+        load_config(a.ckpt)  # a missing or damaged checkpoint is named before its tokenizer is looked for
+        # Preprocess as the checkpoint was trained (pixel budget, fps) unless a flag says otherwise.
+        pre = load_preprocessing(a.ckpt).replace(fps=a.fps, min_pixels=a.min_pixels, max_pixels=a.max_pixels)
         # The reference's sampling: top-k/top-p and the stop ids from the checkpoint's generation_config.json.
         sampling = SamplingConfig.from_generation_config(
             a.ckpt, temperature=a.temperature or None, top_k=a.top_k, top_p=a.top_p,
@@ -149,9 +170,10 @@ def _main(a: argparse.Namespace) -> int:
         tok = ChatTokenizer.from_dir(a.ckpt)
         stop_ids = stop_ids_for(tok, a.ckpt)
         cfg, params = svlm_jax.load(a.ckpt, a.dtype, quant=a.quant)
-        frames = FrameStream(a.video, fps=a.fps, start=a.start, end=a.end, timeout=a.timeout)
+        frames = FrameStream(a.video, fps=pre.fps, start=a.start, end=a.end, timeout=a.timeout,
+                             min_pixels=pre.min_pixels, max_pixels=pre.max_pixels)
     except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     try:
         try:

@@ -4,6 +4,7 @@ Layout of a checkpoint directory:
 
     svlm_config.json   ModelConfig.to_json()
     params/            Orbax (v1) PyTree checkpoint of the nested params dict
+    preprocessing.json the video preprocessing the model was trained with (fps, pixel budget), optional
     tokenizer.json ... any tokenizer / generation files copied alongside
 
 Writes are atomic: everything goes to a hidden temp directory next to the target, which is renamed
@@ -13,11 +14,14 @@ several pieces (`writer`), so a converter never needs the whole model in memory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
 import uuid
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
@@ -26,9 +30,69 @@ from flax import traverse_util
 from orbax.checkpoint import v1 as ocp
 
 from svlm_jax.config import _DTYPES, ModelConfig
+from svlm_jax.errors import CheckpointError, CheckpointNotFound
 
 CONFIG_FILE = "svlm_config.json"
 PARAMS_DIR = "params"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How video was fed to a model in training: frames per second and the per-frame pixel budget.
+
+    Streaming with other values shows the model frames of another size or pace than it learned from.
+    The defaults are StreamingVLM's (2 fps, 100 to 768 merged tokens per frame).
+    """
+
+    fps: int = 2
+    min_pixels: int = 100 * 28 * 28
+    max_pixels: int = 768 * 28 * 28
+
+    def replace(self, **overrides) -> "Preprocessing":
+        """A copy with the given fields changed; None values leave a field as it is (unset CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def save_preprocessing(directory: str | os.PathLike, pre: Preprocessing) -> None:
+    """Write `pre` as preprocessing.json into a checkpoint directory."""
+    (pathlib.Path(directory) / PREPROCESSING_FILE).write_text(json.dumps(dataclasses.asdict(pre), indent=2) + "\n")
+
+
+def load_preprocessing(path: str | os.PathLike) -> Preprocessing:
+    """The preprocessing checkpoint `path` was trained with, or the defaults when it records none."""
+    f = _require(path) / PREPROCESSING_FILE
+    if not f.is_file():
+        return Preprocessing()
+    try:
+        raw = json.loads(f.read_text())
+        return Preprocessing(**{k: int(raw[k]) for k in ("fps", "min_pixels", "max_pixels") if k in raw})
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f} is damaged ({e}); fix it or delete it to use the defaults.") from None
+
+
+@contextlib.contextmanager
+def _orbax_errors(what: str, directory: pathlib.Path) -> Iterator[None]:
+    """Turn Orbax / TensorStore failures on reading `directory` into one CheckpointError.
+
+    Orbax logs each failing read from its worker threads before raising; those logs are silenced
+    here because the error that follows says the same in one line.
+    """
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except (KeyboardInterrupt, MemoryError, CheckpointError):
+        raise
+    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged directory
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"Cannot read the {what} in {directory}: it is damaged or incomplete "
+                              f"({type(e).__name__}: {detail}); re-save or re-convert the checkpoint.") from e
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 Params = dict[str, Any]
 
@@ -142,7 +206,8 @@ class ParamsWriter:
 
 @contextlib.contextmanager
 def writer(path: str | os.PathLike, cfg: ModelConfig, *, files: Iterable[str | os.PathLike] = (),
-           overwrite: bool = False) -> Iterator[Callable[[Mapping[str, Any]], None]]:
+           overwrite: bool = False,
+           preprocessing: Preprocessing | None = None) -> Iterator[Callable[[Mapping[str, Any]], None]]:
     """Write a checkpoint in pieces: yields `add({'a/b/c': array})`; everything lands atomically on exit.
 
     `files` (tokenizer, generation config...) are copied into the directory by base name.
@@ -158,38 +223,55 @@ def writer(path: str | os.PathLike, cfg: ModelConfig, *, files: Iterable[str | o
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
         for f in files:
             shutil.copy2(f, tmp / f.name)
+        if preprocessing is not None:
+            save_preprocessing(tmp, preprocessing)
 
 
 def save(path: str | os.PathLike, cfg: ModelConfig, params: Params, *,
-         files: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> pathlib.Path:
+         files: Iterable[str | os.PathLike] = (), overwrite: bool = False,
+         preprocessing: Preprocessing | None = None) -> pathlib.Path:
     """Save `params` (nested dict of arrays matching `cfg`) and `cfg` to the directory `path`.
 
-    Atomic; refuses to replace a non-empty directory unless `overwrite`. `files` are copied in.
+    Atomic; refuses to replace a non-empty directory unless `overwrite`. `files` are copied in;
+    `preprocessing` (the video preprocessing used in training) is recorded for the stream CLI.
     Returns the absolute checkpoint path.
     """
-    with writer(path, cfg, files=files, overwrite=overwrite) as add:
+    with writer(path, cfg, files=files, overwrite=overwrite, preprocessing=preprocessing) as add:
         add(_flatten(params))
     return pathlib.Path(path).absolute()
 
 
 def _require(path: str | os.PathLike) -> pathlib.Path:
-    path = pathlib.Path(path)
+    """The absolute path of checkpoint directory `path` (Orbax needs absolute paths), or CheckpointNotFound."""
+    given = os.fspath(path)
+    path = pathlib.Path(path).absolute()
     if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
-        what = "does not exist" if not path.exists() else f"has no {CONFIG_FILE} and {PARAMS_DIR}/"
-        raise FileNotFoundError(f"No svlm-jax checkpoint at {path}: it {what}; pass a directory written by "
-                                f"svlm_jax.save or converters.hf_to_jax.")
+        what = ("does not exist" if not path.exists() else "is a file, not a directory" if not path.is_dir()
+                else f"has no {CONFIG_FILE}" if not (path / CONFIG_FILE).is_file() else f"has no {PARAMS_DIR}/")
+        raise CheckpointNotFound(f"No svlm-jax checkpoint at {given}: it {what}; pass a directory written by "
+                                 f"svlm_jax.save or converters.hf_to_jax.")
     return path
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig stored in checkpoint directory `path`."""
-    return ModelConfig.from_json(json.loads((_require(path) / CONFIG_FILE).read_text()))
+    f = _require(path) / CONFIG_FILE
+    try:
+        return ModelConfig.from_json(json.loads(f.read_text()))
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f} is damaged or not an svlm-jax config ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:160]}); restore it from the source of the checkpoint.") from None
 
 
 def params_metadata(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{'a/b/c': (shape, stored dtype)} for every parameter of checkpoint `path`, without reading data."""
-    meta = ocp.metadata(_require(path) / PARAMS_DIR).metadata
-    return {k: (tuple(m.shape), np.dtype(m.dtype)) for k, m in _flatten(meta).items()}
+    directory = _require(path) / PARAMS_DIR
+    with _orbax_errors("parameter index", directory):
+        meta = ocp.metadata(directory).metadata
+        if not isinstance(meta, Mapping):
+            raise CheckpointError(f"Cannot read the parameter index in {directory}: its Orbax metadata is missing "
+                                  f"or damaged; re-save or re-convert the checkpoint.")
+        return {k: (tuple(m.shape), np.dtype(m.dtype)) for k, m in _flatten(meta).items()}
 
 
 def _check_stored(path: pathlib.Path, cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -197,9 +279,25 @@ def _check_stored(path: pathlib.Path, cfg: ModelConfig) -> dict[str, tuple[tuple
     for name in sorted(set(stored) | set(want)):
         if name not in stored or name not in want or stored[name][0] != want[name]:
             got = stored[name][0] if name in stored else "absent"
-            raise ValueError(f"Checkpoint {path} does not match its {CONFIG_FILE}: parameter {name!r} is {got}, "
-                             f"config expects {want.get(name, 'absent')}.")
+            raise CheckpointError(f"Checkpoint {path} does not match its {CONFIG_FILE}: parameter {name!r} is "
+                                  f"{got}, config expects {want.get(name, 'absent')}.")
+    odd = sorted(k for k, (_, dt) in stored.items() if not np.issubdtype(dt, np.floating))
+    if odd:
+        warnings.warn(f"Checkpoint {path} stores {len(odd)} parameter(s) as non-float, first {odd[0]!r} as "
+                      f"{stored[odd[0]][1]}; they are cast to the compute dtype, check how it was written.",
+                      stacklevel=3)
     return stored
+
+
+def warn_non_finite(params: Params, where: str) -> list[str]:
+    """Warn naming the parameters of `params` that hold NaN or inf (a damaged or diverged model); returns them."""
+    import jax.numpy as jnp
+
+    bad = [k for k, v in _flatten(params).items() if not bool(jnp.isfinite(v).all())]
+    if bad:
+        warnings.warn(f"{where}: {len(bad)} parameter(s) hold NaN or inf, first {bad[0]!r}; the model's outputs "
+                      f"will be garbage.", stacklevel=3)
+    return bad
 
 
 def load(path: str | os.PathLike, dtype=None, quant: str | None = None) -> tuple[ModelConfig, Params]:
@@ -215,9 +313,13 @@ def load(path: str | os.PathLike, dtype=None, quant: str | None = None) -> tuple
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype_name(dtype))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = {k: jax.ShapeDtypeStruct(shape, _DTYPES[cfg.dtype] if dtype is not None else dt, sharding=device)
+    # Non-float parameters (a damaged export) would break the model's matmuls; compute in the config's dtype.
+    abstract = {k: jax.ShapeDtypeStruct(shape, _DTYPES[cfg.dtype] if dtype is not None
+                                        or not np.issubdtype(dt, np.floating) else dt, sharding=device)
                 for k, (shape, dt) in stored.items()}
-    params = ocp.load(path / PARAMS_DIR, _unflatten(abstract))
+    with _orbax_errors("parameters", path / PARAMS_DIR):
+        params = ocp.load(path / PARAMS_DIR, _unflatten(abstract))
+    warn_non_finite(params, f"Checkpoint {path}")
     if quant is not None:
         from svlm_jax.quant import quantize_params
 
@@ -235,12 +337,12 @@ def load_arrays(path: str | os.PathLike, names: Iterable[str], dtype=None) -> di
     abstract = {}
     for name in names:
         if name not in stored:
-            raise KeyError(f"Checkpoint {path} has no parameter {name!r}.")
+            raise CheckpointError(f"Checkpoint {path} has no parameter {name!r}.")
         shape, dt = stored[name]
         # np.empty only reserves address space; Orbax reads into fresh arrays of this dtype.
         abstract[name] = np.empty(shape, _DTYPES[dtype_name(dtype)] if dtype is not None else dt)
     ctx = ocp.Context()
     ctx.pytree.loading.partial_load = True
-    with ctx:
+    with ctx, _orbax_errors("parameters", path / PARAMS_DIR):
         loaded = ocp.load(path / PARAMS_DIR, _unflatten(abstract))
     return {k: np.asarray(v) for k, v in _flatten(loaded).items()}

@@ -181,14 +181,30 @@ class ModelConfig:
         Accepts the flat hub layout and the nested `text_config` layout; `rope_scaling` (4.x) and
         `rope_parameters` (5.x) both give the mrope sections.
         """
+        from svlm_jax.errors import ConfigError
+
+        where = "the config dict"
         if isinstance(src, dict):
             d = src
         else:
             path = os.path.join(src, "config.json") if os.path.isdir(src) else os.fspath(src)
+            where = path
             if not os.path.exists(path):
                 raise FileNotFoundError(f"No HF config at {path}; pass a checkpoint directory or its config.json.")
-            with open(path) as f:
-                d = json.load(f)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    d = json.load(f)
+            except (ValueError, RecursionError) as e:
+                raise ConfigError(f"{path} is not valid JSON ({e}); it may be truncated: copy it again.") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} holds a {type(d).__name__}, not a JSON object; pass a Qwen2.5-VL config.json.")
+        if d.get("model_type", "qwen2_5_vl") not in ("qwen2_5_vl", "qwen2_5_vl_text"):
+            raise ConfigError(f"{where} describes a {d['model_type']!r} model; only Qwen2.5-VL (model_type "
+                              f"'qwen2_5_vl') checkpoints can be converted.")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in d and k not in (d.get("text_config") or {})]
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)}; pass a complete Qwen2.5-VL config.json.")
         text = dict(d)
         text.update(d.get("text_config") or {})
         vis = d.get("vision_config") or {}

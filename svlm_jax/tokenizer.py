@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from svlm_jax.errors import CheckpointError, CheckpointNotFound
+
 # Qwen2.5 special tokens the streaming template uses, and the config field each must agree with.
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>")
@@ -38,7 +40,7 @@ class ChatTokenizer:
         for name in SPECIALS:
             i = tok.token_to_id(name)
             if i is None:
-                raise ValueError(f"The {source} lacks the special token {name}; use a Qwen2.5-VL tokenizer.json "
+                raise CheckpointError(f"The {source} lacks the special token {name}; use a Qwen2.5-VL tokenizer.json "
                                  "(or one built by svlm_jax.tokenizer.word_level_tokenizer).")
             ids[name.strip("<|>")] = i
         return cls(tok, **ids)
@@ -55,9 +57,14 @@ class ChatTokenizer:
         """Load `<path>/tokenizer.json` (or a tokenizer.json path)."""
         f = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else os.fspath(path)
         if not os.path.exists(f):
-            raise FileNotFoundError(f"No tokenizer.json at {f}; copy the checkpoint's tokenizer.json there, or write "
-                                    f"the Qwen2.5-VL one with `python -m converters.qwen_tokenizer {path}`.")
-        return cls.from_tokenizer(Tokenizer.from_file(f), source=f)
+            raise CheckpointNotFound(f"No tokenizer.json at {f}; copy the checkpoint's tokenizer.json there, or "
+                                     f"write the Qwen2.5-VL one with `python -m converters.qwen_tokenizer {path}`.")
+        try:
+            tok = Tokenizer.from_file(f)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for unreadable JSON
+            raise CheckpointError(f"{f} is not a readable tokenizer ({' '.join(str(e).split())[:160]}); it may be "
+                                  f"truncated: copy it again from the original checkpoint.") from None
+        return cls.from_tokenizer(tok, source=f)
 
     def encode(self, text: str) -> list[int]:
         """Plain text -> ids, with no special tokens added."""

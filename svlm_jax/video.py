@@ -25,6 +25,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from svlm_jax.errors import VideoError  # re-exported: the video domain's error type
+
 # OpenAI CLIP normalisation, shared by the Qwen2-VL and Qwen2.5-VL processors.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -37,9 +39,6 @@ MAX_FPS = 8  # the paper's upper bound on one H100
 DEFAULT_TIMEOUT_S = 10.0
 _EPS = 1e-6  # tolerance (seconds) when comparing float timestamps with grid times
 
-
-class VideoError(ValueError):
-    """A video source could not be opened, decoded or understood."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,7 +279,7 @@ def _timed_av_frames(container, stream, source: str, kind: str, start: float) ->
             container.seek((origin or 0) + int(start / tb), stream=stream, backward=True)
         except av.FFmpegError:
             container.seek(0, stream=stream)  # fall back to decoding from the top and skipping
-    t = 0.0
+    t, dur = 0.0, 0.0
     try:
         for i, frame in enumerate(container.decode(stream)):
             if frame.pts is None:  # raw streams without timestamps: count frames
@@ -294,9 +293,33 @@ def _timed_av_frames(container, stream, source: str, kind: str, start: float) ->
     except av.FFmpegError as e:
         raise VideoError(f"Decoding {source!r} failed near {t:.2f} s ({e}); the "
                          f"{'stream broke off' if kind != 'file' else 'file is truncated or corrupt'}.") from e
+    if kind == "file":
+        _check_complete(container, stream, source, t + dur)
+
+
+def _check_complete(container, stream, source: str, reached: float) -> None:
+    """Raise VideoError when a file's frames end well before the duration its index declares.
+
+    With frame threading FFmpeg drops the error of a packet cut short and decoding just ends, so a file
+    truncated after a front-loaded index (mp4 faststart) would look complete; its index still knows the
+    full length. The stream's own duration is trusted to a frame; the container's (which may include a
+    longer audio track) to a second.
+    """
+    if stream.duration is not None and stream.time_base:
+        declared, slack = float(stream.duration * stream.time_base), 0.05 + 1.5 / float(stream.average_rate or 25)
+    elif container.duration is not None:
+        declared, slack = container.duration / av.time_base, 1.0
+    else:
+        return
+    start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+    if reached < declared - start - slack:
+        raise VideoError(f"{source!r} ends at {reached:.2f} s but its index declares {declared - start:.2f} s: the "
+                         f"file is truncated or corrupt; re-download or re-encode it.")
 
 
 def _check_timing(fps: float, start: float, end: float | None) -> None:
+    if not math.isfinite(start) or (end is not None and not math.isfinite(end)):
+        raise ValueError(f"start ({start}) and end ({end}) must be finite seconds; pass numbers like 0 and 60.")
     if not fps > 0:
         raise ValueError(f"fps must be positive; got {fps}.")
     if start < 0:
@@ -457,8 +480,11 @@ class FrameStream:
                     return
                 frame = _check_iter_frame(i, frame)
                 if self.size is None:
-                    self.size = smart_resize(frame.shape[0], frame.shape[1], PATCH_SIZE * MERGE_SIZE,
-                                             self.min_pixels, self.max_pixels)
+                    try:
+                        self.size = smart_resize(frame.shape[0], frame.shape[1], PATCH_SIZE * MERGE_SIZE,
+                                                 self.min_pixels, self.max_pixels)
+                    except ValueError as e:  # a 2x2 video, a 1000:1 strip: the source's fault
+                        raise VideoError(f"Cannot use this video: {e}") from None
                 buf.append(resize_frames(frame[None], *self.size)[0])
                 if len(buf) == self.fps:
                     if not self._put(self._second(index, buf)):

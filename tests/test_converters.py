@@ -238,7 +238,7 @@ def test_cli_summary_and_errors(hf_model, tmp_path, capsys):
     assert hf_to_jax.main([str(tmp_path / "hf"), str(tmp_path / "jax"), "--no-progress"]) == 0
     n = 80 if cfg.text.tie_word_embeddings else 81
     assert f"hf_to_jax: {n} tensors, " in capsys.readouterr().out
-    assert hf_to_jax.main([str(tmp_path / "hf"), str(tmp_path / "jax"), "--no-progress"]) == 1
+    assert hf_to_jax.main([str(tmp_path / "hf"), str(tmp_path / "jax"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hf_to_jax: error: ") and "non-empty directory" in err and "\n" not in err
     assert jax_to_hf.main([str(tmp_path / "jax"), str(tmp_path / "back"), "--no-progress"]) == 0

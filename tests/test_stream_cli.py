@@ -67,10 +67,12 @@ def test_unreachable_url_is_one_line(files, capsys):
 def test_bad_checkpoints_are_one_line(files, tmp_path, capsys):
     _, ckpt, video = files
     assert main(["--ckpt", str(tmp_path / "nope"), "--video", video]) == 2
-    _one_error_line(capsys, "No tokenizer.json")
+    _one_error_line(capsys, "No svlm-jax checkpoint")
+    import shutil
+
     from tokenizers import Tokenizer, models
     bare = tmp_path / "bare"
-    bare.mkdir()
+    shutil.copytree(ckpt, bare)
     Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")).save(str(bare / "tokenizer.json"))
     assert main(["--ckpt", str(bare), "--video", video]) == 2
     _one_error_line(capsys, "lacks the special token")

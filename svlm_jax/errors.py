@@ -1,0 +1,135 @@
+"""What goes wrong because of the user's input, one exception type per domain, and the CLI boundary.
+
+Every error a user can fix is one of four types, each a `ValueError` (so API callers that catch
+ValueError keep working) and an `SvlmError` (so a CLI can tell them from its own bugs):
+
+    VideoError       a video source cannot be opened, decoded or understood
+    CheckpointError  a checkpoint (model, tokenizer, training step) is missing, damaged or does not fit
+    DataError        an annotation file or dataset cannot be read
+    ConfigError      flags or config values that cannot work together (or do not fit the device)
+
+`cli_main` runs a CLI body and turns these into one line on stderr and exit code 2; anything else
+(an internal bug) keeps its traceback. `check_output` refuses an output path that would write over,
+or inside, one of the command's inputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import sys
+import warnings
+from typing import Callable, Iterable, Iterator
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class SvlmError(Exception):
+    """A problem with the user's input; its message is one sentence naming the input and what to do."""
+
+
+class VideoError(SvlmError, ValueError):
+    """A video source could not be opened, decoded or understood."""
+
+
+class CheckpointError(SvlmError, ValueError):
+    """A checkpoint directory, one of its files, or a training checkpoint is missing, damaged or mismatched."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was asked for."""
+
+
+class DataError(SvlmError, ValueError):
+    """An annotation file or dataset cannot be read."""
+
+
+class DataNotFound(DataError, FileNotFoundError):
+    """An input data file does not exist."""
+
+
+class ConfigError(SvlmError, ValueError):
+    """Settings that cannot work: a bad flag value, a config that does not fit the data or the device."""
+
+
+def one_line(e: BaseException) -> str:
+    """The message of `e` on one line (KeyError's quotes dropped, newlines folded)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(msg.split()) or type(e).__name__
+
+
+def silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def cli_main(body: Callable[[], int], prog: str, *, catch: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a CLI `body` and return its exit code; user errors become one line on stderr and code 2.
+
+    SvlmError (and the extra exception types in `catch`, for libraries that report bad input their
+    own way) print `<prog>: error: <message>`; a closed stdout (`| head`) stops quietly with code 0;
+    Ctrl-C gives 130. Anything else propagates with its traceback: it is a bug, not bad input.
+    """
+    try:
+        return body()
+    except (SvlmError, *catch) as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        silence_stdout()
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted.", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def print_warnings(prog: str) -> Iterator[None]:
+    """Within the block, print each warning as one line `<prog>: warning: <message>` on stderr."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {one_line(message) if isinstance(message, BaseException) else message}",
+              file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _resolved(path: str | os.PathLike) -> pathlib.Path:
+    return pathlib.Path(os.path.realpath(os.fspath(path)))
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links and bind mounts too
+    except OSError:
+        return a == b
+
+
+def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *, what: str = "output",
+                 replaces: bool = False) -> None:
+    """Refuse (ConfigError) an output path that is one of the inputs, lies inside one, or (when the output
+    directory gets replaced as a whole, `replaces`) contains one.
+
+    Paths are compared after resolving symlinks, so a link to the input is caught too. None inputs are skipped.
+    """
+    out = _resolved(output)
+    for given in inputs:
+        if given is None:
+            continue
+        src = _resolved(given)
+        if _same_file(out, src):
+            raise ConfigError(f"The {what} {os.fspath(output)!r} is the input {os.fspath(given)!r}; writing it would "
+                              f"destroy the input, so choose another path.")
+        if src in out.parents:
+            raise ConfigError(f"The {what} {os.fspath(output)!r} lies inside the input {os.fspath(given)!r}; choose a "
+                              f"path outside it so the input stays as it is.")
+        if replaces and out in src.parents:
+            raise ConfigError(f"The {what} {os.fspath(output)!r} contains the input {os.fspath(given)!r} and would be "
+                              f"replaced; choose another path.")
