@@ -71,6 +71,10 @@ class StreamConfig:
     prefix_tokens: room for the system block and the previous-text header and tail.
     query_tokens: room for the query of the first second.
     keep_query: pin the query in the sinks instead of dropping it with the first second.
+    question_tokens: room in every round's user block for a viewer's question (`Streamer.ask`); 0 = no
+        questions. The question is user text: it leaves with its second's user block.
+    answer_tokens: room in every row for an answer (its answer prefix included) before the commentary; 0 =
+        no questions. The answer is assistant content: it becomes older commentary like the words after it.
     pos_mode: "contiguous" renumbers positions from 0 every second; "native" keeps them growing.
     evict: False disables eviction (full attention); a full cache then raises CacheFull.
     """
@@ -84,6 +88,8 @@ class StreamConfig:
     prefix_tokens: int = 64
     query_tokens: int = 128
     keep_query: bool = False
+    question_tokens: int = 0
+    answer_tokens: int = 0
     pos_mode: str = "contiguous"
     evict: bool = True
 
@@ -98,6 +104,8 @@ class StreamConfig:
             (self.round_tokens >= 8, f"round_tokens must be >= 8, got {self.round_tokens}"),
             (self.prefix_tokens >= 1 and self.query_tokens >= 0,
              f"prefix_tokens must be >= 1 and query_tokens >= 0, got {self.prefix_tokens} and {self.query_tokens}"),
+            (self.question_tokens >= 0 and self.answer_tokens >= 0,
+             f"question_tokens and answer_tokens must be >= 0, got {self.question_tokens} and {self.answer_tokens}"),
             (self.pos_mode in POS_MODES, f"pos_mode must be one of {POS_MODES}, got {self.pos_mode!r}"),
         ]
         for ok, msg in checks:
@@ -129,7 +137,8 @@ class CacheLayout:
     prompt_len: int  # slots of a row's user block + assistant header
     content: int  # offset of the content area inside a row
     tail: int  # offset of the <|im_end|>\n tail inside a row
-    chunk: int  # T, tokens per prefill call: one second's tail + prompt
+    chunk: int  # T, tokens per prefill call: one second's tail + prompt (+ an answer prefix)
+    content_len: int  # slots of a row's content area: answer + its "\n" (when answer_tokens) + commentary
 
     @classmethod
     def of(cls, s: StreamConfig) -> "CacheLayout":
@@ -137,15 +146,16 @@ class CacheLayout:
         if s.vision_tokens is None:
             raise ValueError("StreamConfig.vision_tokens is None, so the layout is not known yet; pass the number "
                              "of vision tokens per second (Streamer sizes it from the first second).")
-        prompt = s.round_tokens + s.vision_tokens
-        row = prompt + s.max_new_tokens + 2
+        prompt = s.round_tokens + s.vision_tokens + s.question_tokens
+        content = (s.answer_tokens + 1 if s.answer_tokens else 0) + s.max_new_tokens  # answer, "\n", commentary
+        row = prompt + content + 2
         query = s.prefix_tokens
         sink = query + s.query_tokens
         rows = sink + s.text_sink
         ring = rows + s.vision_window * row
         return cls(prefix=0, query=query, sink=sink, rows=rows, ring=ring, size=ring + s.text_window, row_len=row,
-                   num_rows=s.vision_window, prompt_len=prompt, content=prompt, tail=prompt + s.max_new_tokens,
-                   chunk=prompt + 2)
+                   num_rows=s.vision_window, prompt_len=prompt, content=prompt, tail=prompt + content,
+                   chunk=prompt + 2 + s.answer_tokens, content_len=content)
 
     def row_start(self, second: int) -> int:
         """First slot of the row that holds `second`."""
@@ -323,12 +333,14 @@ class HostStream:
         self.rows[r] = None
 
     def plan(self, prompt: Sequence[int], vision_start: int, n_vision: int, grid_thw: Sequence[int],
-             second_per_grid_t: float, query_span: tuple[int, int] = (0, 0)) -> RoundPlan:
+             second_per_grid_t: float, query_span: tuple[int, int] = (0, 0),
+             answer_prefix: Sequence[int] = ()) -> RoundPlan:
         """Advance to the next second: evict, place the previous turn's tail and this round's `prompt`.
 
         prompt: the round's ids (user block + assistant header, from `prompt.build_round`); its vision
         block is prompt[vision_start : vision_start + n_vision] with patch grid `grid_thw`; the query, if
-        any, is prompt[query_span[0] : query_span[1]].
+        any, is prompt[query_span[0] : query_span[1]]. answer_prefix: ids that open the assistant content
+        (a question's forced answer start); they are content, prefilled with the prompt.
         """
         s, lay = self.scfg, self.layout
         if not self._started:
@@ -344,6 +356,9 @@ class HostStream:
         if n_vision > s.vision_tokens:
             raise ValueError(f"Second {t} has {n_vision} vision tokens but StreamConfig.vision_tokens is "
                              f"{s.vision_tokens}; raise vision_tokens or lower the frame resolution.")
+        if len(answer_prefix) > s.answer_tokens:
+            raise ValueError(f"The answer prefix takes {len(answer_prefix)} tokens but StreamConfig.answer_tokens is "
+                             f"{s.answer_tokens}; raise answer_tokens or shorten the prefix.")
         if len(prompt) - n_query > lay.prompt_len:
             raise ValueError(f"Round {t} needs {len(prompt) - n_query - n_vision} text tokens besides vision and "
                              f"query but StreamConfig.round_tokens is {s.round_tokens}; raise round_tokens.")
@@ -394,7 +409,12 @@ class HostStream:
                 slot += 1
             self.seq += 1
             i += 1
-        self.rows[t % lay.num_rows] = _Row(t, [], [], query_slots)
+        base = row0 + lay.content
+        for i, tok in enumerate(answer_prefix):
+            self._text(base + i, int(tok), _key(_ROUND, self.seq))
+            self.seq += 1
+        self.rows[t % lay.num_rows] = _Row(t, list(range(base, base + len(answer_prefix))),
+                                           [int(x) for x in answer_prefix], query_slots)
         self.second = t + 1
         new = np.asarray(self._new, np.int64)
         self._new = []
@@ -405,23 +425,25 @@ class HostStream:
         src = np.asarray(list(last.values()), np.int32)
         dst = np.asarray(list(last.keys()), np.int32)
         return RoundPlan(new_slots=new.astype(np.int32), new_tokens=self.tok[new], new_vision=self.vis[new],
-                         move_src=src, move_dst=dst, base_slot=row0 + lay.content,
+                         move_src=src, move_dst=dst, base_slot=base + len(answer_prefix),
                          base_order=int(o.size), base_pos=float(base_pos))
 
     def commit(self, content: Sequence[int]) -> None:
-        """Record the content tokens generated (and written to the cache) for the latest second."""
+        """Record the content tokens generated (and written to the cache) for the latest second, after its
+        answer prefix if it had one."""
         lay = self.layout
         t = self.second - 1
-        if len(content) > self.scfg.max_new_tokens:
-            raise ValueError(f"{len(content)} content tokens exceed max_new_tokens {self.scfg.max_new_tokens}.")
         row = self.rows[t % lay.num_rows]
-        base = lay.row_start(t) + lay.content
+        n0 = len(row.content_ids)  # the answer prefix, placed by plan
+        if n0 + len(content) > lay.content_len:
+            raise ValueError(f"{n0 + len(content)} content tokens exceed the row's {lay.content_len} content slots.")
+        base = lay.row_start(t) + lay.content + n0
         for i, tok in enumerate(content):
             self._text(base + i, int(tok), _key(_ROUND, self.seq))
             self.seq += 1
         self._new = []
-        row.content_slots = list(range(base, base + len(content)))
-        row.content_ids = [int(x) for x in content]
+        row.content_slots += list(range(base, base + len(content)))
+        row.content_ids += [int(x) for x in content]
 
     # ---------------------------------------------------------------- reads
     def _sorted_valid(self) -> np.ndarray:

@@ -81,11 +81,19 @@ def build_prefix(tok: ChatTokenizer, previous: Sequence[int] = (), *, system: st
     return Prefix(ids, start, end)
 
 
+def question_text(question: str, first_round: bool) -> str:
+    """What a viewer's question appends to the round's time stamp, as the original's qa_stream training
+    template writes it (fidelity.md §a): right after `Time=a-bs` in round 0, after a space in later rounds."""
+    return question if first_round else " " + question
+
+
 def build_round(tok: ChatTokenizer, t0: float, t1: float, n_vision: int, *, query: str | None = None,
-                answer: str | Sequence[int] | None = None) -> Round:
-    """One second's tokens. `answer` is text (e.g. from `answer_text`), ids, or None at inference."""
+                answer: str | Sequence[int] | None = None, question: str | None = None) -> Round:
+    """One second's tokens. `answer` is text (e.g. from `answer_text`), ids, or None at inference.
+    `question`: text appended to the time stamp (from `question_text`), tokenized with it as one string."""
     nl = tok.encode("\n")
-    prompt = [tok.im_start] + tok.encode("user") + nl + tok.encode(time_header(t0, t1)) + [tok.vision_start]
+    stamp = time_header(t0, t1) + (question or "")
+    prompt = [tok.im_start] + tok.encode("user") + nl + tok.encode(stamp) + [tok.vision_start]
     vstart = len(prompt)
     prompt += [tok.video_pad] * n_vision + [tok.vision_end]
     prompt += (tok.encode(query) if query else []) + [tok.im_end] + nl

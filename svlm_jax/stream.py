@@ -18,6 +18,7 @@ Every step donates the cache and has static shapes, so nothing recompiles after 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -34,7 +35,8 @@ import numpy as np
 from svlm_jax.cache import CacheFull, HostStream, StreamCache, StreamConfig, cache_bytes, init_cache, tree_bytes
 from svlm_jax.config import ModelConfig
 from svlm_jax.model import Qwen25VL
-from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM, SILENCE, build_prefix, build_round, truncate_middle
+from svlm_jax.prompt import (DEFAULT_QUERY, DEFAULT_SYSTEM, SILENCE, build_prefix, build_round, question_text,
+                             truncate_middle)
 from svlm_jax.rope import text_cos_sin
 from svlm_jax.text import LayerKV
 from svlm_jax.tokenizer import ChatTokenizer
@@ -153,11 +155,10 @@ def encode_vision(cfg: ModelConfig, params: Params, pixel_values, meta, *, items
     return jnp.pad(feats, ((0, 0), (0, cap - feats.shape[1]), (0, 0))).astype(cfg.compute_dtype)
 
 
-@jax.jit
-def _assemble(parts, index):
-    """Concatenate feature groups [n_i, F, D] plus one zero row, then pick rows by index [B] -> [B, F, D]."""
-    zero = jnp.zeros((1,) + parts[0].shape[1:], parts[0].dtype)
-    return jnp.concatenate(list(parts) + [zero])[index]
+@functools.partial(jax.jit, donate_argnames=("buf",))
+def _place(buf, feats, b):
+    """buf [B, F, D] with row b (an int32 scalar) set to the features [items, cap, D] (items*cap = F)."""
+    return buf.at[b].set(feats.reshape(buf.shape[1:]).astype(buf.dtype))
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
@@ -207,31 +208,43 @@ def prefill(cfg: ModelConfig, params: Params, cache: StreamCache, tokens, slots,
     return cache, (logits if all_logits else logits[:, 0])
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "max_new", "stop_ids", "keep_logits"),
-                   donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "max_new", "stop_ids", "keep_logits", "max_answer",
+                                             "newline"), donate_argnames=("cache",))
 def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base_slot, base_order, base_pos,
-             active, forced, forced_len, keys, seconds, *, sampling: SamplingConfig, max_new: int,
-             stop_ids: tuple[int, ...], keep_logits: bool = False):
-    """One commentary turn per stream, in one compiled loop.
+             active, forced, forced_len, keys, seconds, answer_len=None, *, sampling: SamplingConfig, max_new: int,
+             stop_ids: tuple[int, ...], keep_logits: bool = False, max_answer: int = 0, newline: int = -1):
+    """One assistant turn per stream, in one compiled loop: an optional answer, then the commentary.
 
     logits0 [B, V]: logits after the prefill. Token i of row b goes to slot base_slot[b] + i with logical
     index base_order[b] + i and text position base_pos[b] + i. Each row stops at a stop id (not written)
-    or after writing max_new tokens. forced [B, max_new] / forced_len [B] teacher-force a row (content of
-    forced_len tokens, then a stop) where forced_len >= 0. keys [B] and seconds [B] seed the sampler.
-    Returns (cache, tokens [B, max_new] (-1 after the end), n_written [B], logits [B, max_new, V] or None).
+    or when its commentary has max_new tokens. answer_len [B] (used when max_answer > 0): a row with
+    answer_len >= 0 first writes an answer of at most answer_len tokens ended by `newline` (sampled, or
+    forced at the limit), then its commentary; -1 = commentary only. forced [B, max_new] / forced_len [B]
+    teacher-force a row's commentary (forced_len tokens, then a stop) where forced_len >= 0. keys [B] and
+    seconds [B] seed the sampler. With L = max_new (+ max_answer + 1 when max_answer > 0), returns
+    (cache, tokens [B, L] (-1 after the end), n_written [B], answer_end [B] (index of the first commentary
+    token: 0 without a question, n_written if the turn ended inside the answer), logits [B, L, V] or None).
     """
     b, s = cache.order.shape
     vocab = logits0.shape[-1]
+    total = max_new + (max_answer + 1 if max_answer else 0)
     rows = jnp.arange(b)
     stops = jnp.asarray(stop_ids, jnp.int32)
     keys = jax.vmap(jax.random.fold_in)(keys, seconds)
     penalize = sampling.repetition_penalty != 1.0
+    answer_len = jnp.full(b, -1, jnp.int32) if (answer_len is None or not max_answer) else answer_len
 
-    def pick(i, logits, seen):
+    def pick(i, logits, seen, ans, cstart):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
         tok = jax.vmap(functools.partial(sample_token, sampling=sampling))(logits, seen, step_keys)
-        f = jax.lax.dynamic_index_in_dim(forced, jnp.minimum(i, max_new - 1), axis=1, keepdims=False)
-        return jnp.where(forced_len < 0, tok, jnp.where(i < forced_len, f, stops[0]))
+        j = jnp.clip(i - cstart, 0, max_new - 1)  # index inside the commentary
+        f = jnp.take_along_axis(forced, j[:, None], axis=1)[:, 0]
+        com = jnp.where(forced_len < 0, tok, jnp.where(i - cstart < forced_len, f, stops[0]))
+        return jnp.where(ans, jnp.where(i >= answer_len, newline, tok), com)
+
+    def switch(i, tok, ans, cstart, on):
+        done = on & ans & (tok == newline)  # the answer's "\n": the commentary starts after it
+        return ans & ~done, jnp.where(done, i + 1, cstart)
 
     def mark(seen, tok, on):
         if not penalize:
@@ -241,21 +254,24 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
     seen = jnp.zeros((b, vocab if penalize else 1), bool)
     if penalize:
         seen = seen.at[rows[:, None], jnp.where(cache.tokens >= 0, cache.tokens, vocab)].set(True, mode="drop")
-    tok0 = pick(0, logits0, seen)
-    out = jnp.full((b, max_new), -1, jnp.int32).at[:, 0].set(tok0)
+    ans = answer_len >= 0
+    cstart = jnp.where(ans, total, 0)
+    tok0 = pick(0, logits0, seen, ans, cstart)
+    ans, cstart = switch(0, tok0, ans, cstart, active)
+    out = jnp.full((b, total), -1, jnp.int32).at[:, 0].set(tok0)
     live = active & ~jnp.isin(tok0, stops)
     seen = mark(seen, tok0, active)
-    buf = jnp.zeros((b, max_new, vocab) if keep_logits else (b, 0, vocab), jnp.float32)
+    buf = jnp.zeros((b, total, vocab) if keep_logits else (b, 0, vocab), jnp.float32)
     if keep_logits:
         buf = buf.at[:, 0].set(logits0)
     cos, sin = _tables(cache.pos, cfg)  # [B, S, hd], fixed except at the slots written below
-    state = (jnp.int32(0), cache, cos, sin, tok0, live, out, jnp.zeros(b, jnp.int32), seen, buf)
+    state = (jnp.int32(0), cache, cos, sin, tok0, live, out, jnp.zeros(b, jnp.int32), seen, buf, ans, cstart)
 
     def cond(st):
-        return (st[0] < max_new) & jnp.any(st[5])
+        return (st[0] < total) & jnp.any(st[5])
 
     def body(st):
-        i, c, cos, sin, tok, live, out, n, seen, buf = st
+        i, c, cos, sin, tok, live, out, n, seen, buf, ans, cstart = st
         slot = jnp.where(live, base_slot + i, s)  # [B]; s = nowhere
         q_order = base_order + i
         q_pos = jnp.broadcast_to((base_pos + i.astype(jnp.float32))[:, None, None], (b, 1, 3))
@@ -275,19 +291,26 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
                         pos=c.pos.at[rows, slot].set(q_pos[:, 0], mode="drop"),
                         tokens=c.tokens.at[rows, slot].set(tok, mode="drop"))
         n = n + live.astype(jnp.int32)
-        can = live & (i + 1 < max_new)
-        nxt = pick(i + 1, logits, seen)
-        out = out.at[rows, jnp.where(can, i + 1, max_new)].set(nxt, mode="drop")
+        can = live & (i + 1 < total) & (ans | (i + 1 - cstart < max_new))
+        nxt = pick(i + 1, logits, seen, ans, cstart)
+        ans, cstart = switch(i + 1, nxt, ans, cstart, can)
+        out = out.at[rows, jnp.where(can, i + 1, total)].set(nxt, mode="drop")
         seen = mark(seen, nxt, can)
         if keep_logits:
-            buf = buf.at[:, jnp.minimum(i + 1, max_new - 1)].set(
-                jnp.where(can[:, None], logits, buf[:, jnp.minimum(i + 1, max_new - 1)]))
+            buf = buf.at[:, jnp.minimum(i + 1, total - 1)].set(
+                jnp.where(can[:, None], logits, buf[:, jnp.minimum(i + 1, total - 1)]))
         live = can & ~jnp.isin(nxt, stops)
-        return i + 1, c, cos, sin, jnp.where(can, nxt, tok), live, out, n, seen, buf
+        return i + 1, c, cos, sin, jnp.where(can, nxt, tok), live, out, n, seen, buf, ans, cstart
 
-    _, cache, _, _, _, _, out, n, _, buf = jax.lax.while_loop(cond, body, state)
-    out = jnp.where(jnp.arange(max_new)[None] <= n[:, None], out, -1)
-    return cache, out, n, (buf if keep_logits else None)
+    _, cache, _, _, _, _, out, n, _, buf, _, cstart = jax.lax.while_loop(cond, body, state)
+    out = jnp.where(jnp.arange(total)[None] <= n[:, None], out, -1)
+    return cache, out, n, jnp.minimum(cstart, n), (buf if keep_logits else None)
+
+
+@jax.jit
+def _reseed(keys, slot, seed, stream_id):
+    """keys [B] with keys[slot] = fold_in(key(seed), stream_id): a session's sampler (slot, ids: int32 scalars)."""
+    return keys.at[slot].set(jax.random.fold_in(jax.random.key(seed), stream_id))
 
 
 # ------------------------------------------------------------------------------------------ streamer
@@ -296,9 +319,12 @@ class Comment:
     """One stream's output for one second.
 
     text: the commentary, " ..." placeholder stripped and whitespace trimmed ("" for a silent second);
-    tokens: the generated content ids (placeholder included, stop token excluded);
+    tokens: the generated commentary ids (placeholder included, stop token excluded);
     vision_ms / prefill_ms / decode_ms: wall time of the step's phases (shared by the batch);
-    n_tokens: tokens written by the decode loop.
+    n_tokens: tokens written by the decode loop (answer and its "\n" included);
+    question / answer: the viewer's question put in this second's user turn (`Streamer.ask`) and the answer
+    generated for it (after its answer prefix, without the "\n" that ends it, whitespace trimmed); None
+    when the second had no question. answer_tokens: the answer's generated ids.
     """
 
     stream: int
@@ -312,12 +338,30 @@ class Comment:
     decode_ms: float
     n_tokens: int
     partial: bool = False
+    question: str | None = None
+    answer: str | None = None
+    answer_tokens: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON line of the CLI's --jsonl: t0, t1, text, phase milliseconds and tokens."""
-        return {"t0": self.t0, "t1": self.t1, "text": self.text, "vision_ms": round(self.vision_ms, 3),
-                "prefill_ms": round(self.prefill_ms, 3), "decode_ms": round(self.decode_ms, 3),
-                "tokens": self.n_tokens}
+        """The JSON line of the CLI's --jsonl: t0, t1, text, phase milliseconds and tokens (and the question
+        and answer of a second that had one)."""
+        d = {"t0": self.t0, "t1": self.t1, "text": self.text, "vision_ms": round(self.vision_ms, 3),
+             "prefill_ms": round(self.prefill_ms, 3), "decode_ms": round(self.decode_ms, 3),
+             "tokens": self.n_tokens}
+        if self.question is not None:
+            d.update(question=self.question, answer=self.answer)
+        return d
+
+
+class SlotsFull(RuntimeError):
+    """Raised by `Streamer.open` when every slot holds a session."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Question:
+    text: str
+    prefix: tuple[int, ...]  # answer-prefix ids
+    limit: int  # answer tokens to generate, at most
 
 
 def _per_stream(value, batch: int, name: str) -> list:
@@ -368,27 +412,20 @@ class Streamer:
         systems = _per_stream(system, batch, "system")
         queries = _per_stream(query, batch, "query")
         prevs = _per_stream(previous_text, batch, "previous_text")
-        prev_ids = [tokenizer.encode(p) if p else [] for p in prevs]
-        self.queries = [q if q else None for q in queries]
         if mode == "sliding":
             scfg = scfg.replace(text_sink=0)
         elif mode == "full":
-            scfg = scfg.replace(evict=False, text_sink=max(len(p) for p in prev_ids), text_window=0)
+            longest = max(len(tokenizer.encode(p)) if p else 0 for p in prevs)
+            scfg = scfg.replace(evict=False, text_sink=longest, text_window=0)
         self.scfg = scfg
-        for q in self.queries:
-            if q and len(tokenizer.encode(q)) > scfg.query_tokens:
-                raise ValueError(f"The query takes {len(tokenizer.encode(q))} tokens but StreamConfig.query_tokens "
-                                 f"is {scfg.query_tokens}; raise query_tokens or shorten the query.")
-        self._prefixes = []
+        self.queries: list[str | None] = []
+        self._prefixes: list[tuple[list[int], list[int], list[int]]] = []
         for b in range(batch):
-            pre = build_prefix(tokenizer, truncate_middle(prev_ids[b], scfg.text_sink, scfg.text_window),
-                               system=systems[b])
-            head, tail = pre.ids[:pre.prev_start], pre.ids[pre.prev_end:]
-            if len(head) + len(tail) > scfg.prefix_tokens:
-                raise ValueError(f"The system prompt and previous-text header take {len(head) + len(tail)} tokens "
-                                 f"but StreamConfig.prefix_tokens is {scfg.prefix_tokens}; raise prefix_tokens or "
-                                 f"shorten the system prompt.")
-            self._prefixes.append((head, pre.ids[pre.prev_start:pre.prev_end], tail))
+            q, pre = self._session(systems[b], queries[b], prevs[b])
+            self.queries.append(q)
+            self._prefixes.append(pre)
+        self._open = [True] * batch
+        self._questions: list[collections.deque[_Question]] = [collections.deque() for _ in range(batch)]
         # Commit the cache to the params' device: jit keys on committedness, and the cache that comes back
         # from a step is committed, so an uncommitted first cache would compile every step twice.
         leaf = jax.tree_util.tree_leaves(params)[0]
@@ -401,26 +438,132 @@ class Streamer:
         ids = list(range(batch)) if stream_ids is None else [int(i) for i in stream_ids]
         if len(ids) != batch:
             raise ValueError(f"stream_ids has {len(ids)} entries for {batch} streams; pass one per stream.")
+        self.seed = seed
         base = jax.random.key(seed)
         self.keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids))
+        # Compile the one-slot reseed now, so opening a session later compiles nothing.
+        self.keys = _reseed(self.keys, np.int32(0), np.uint32(seed), np.int32(ids[0]))
         self.last_logits: np.ndarray | None = None
         self.last_prefill_logits: np.ndarray | None = None
         self._meta: dict[tuple, dict] = {}
+        self._feats: dict[tuple, jax.Array] = {}  # the vision feature buffer of each shape
+
+    def _session(self, system: str, query: str | None, previous_text: str | None):
+        """Check and tokenize one session's prompts -> (query or None, (prefix head, previous ids, prefix tail))."""
+        scfg, tok = self.scfg, self.tok
+        q = query if query else None
+        if q and len(tok.encode(q)) > scfg.query_tokens:
+            raise ValueError(f"The query takes {len(tok.encode(q))} tokens but StreamConfig.query_tokens "
+                             f"is {scfg.query_tokens}; raise query_tokens or shorten the query.")
+        prev = tok.encode(previous_text) if previous_text else []
+        pre = build_prefix(tok, truncate_middle(prev, scfg.text_sink, scfg.text_window), system=system)
+        head, tail = pre.ids[:pre.prev_start], pre.ids[pre.prev_end:]
+        if len(head) + len(tail) > scfg.prefix_tokens:
+            raise ValueError(f"The system prompt and previous-text header take {len(head) + len(tail)} tokens "
+                             f"but StreamConfig.prefix_tokens is {scfg.prefix_tokens}; raise prefix_tokens or "
+                             f"shorten the system prompt.")
+        return q, (head, pre.ids[pre.prev_start:pre.prev_end], tail)
+
+    def _new_host(self, b: int) -> HostStream:
+        """Fresh host bookkeeping for slot b: started with its session's prefix if the slot is open, else empty
+        (an empty host's tables mark every slot empty, so the device rows of a free slot are invisible)."""
+        hs = HostStream(self.scfg, im_end=self.tok.im_end, newline=self._newline, silence=self.silence,
+                        spatial_merge_size=self.cfg.vision.spatial_merge_size,
+                        tokens_per_second=self.cfg.vision.tokens_per_second)
+        if self._open[b]:
+            hs.start(*self._prefixes[b])
+        return hs
 
     def _build(self, scfg: StreamConfig) -> None:
         """Create the host tables and the device cache for a config whose capacities are all known."""
         self._check_budget(scfg)
         self.scfg = scfg
-        self.hosts = []
-        for head, prev, tail in self._prefixes:
-            hs = HostStream(scfg, im_end=self.tok.im_end, newline=self._newline, silence=self.silence,
-                            spatial_merge_size=self.cfg.vision.spatial_merge_size,
-                            tokens_per_second=self.cfg.vision.tokens_per_second)
-            hs.start(head, prev, tail)
-            self.hosts.append(hs)
+        self.hosts = [self._new_host(b) for b in range(self.batch)]
         self.cache = jax.device_put(init_cache(self.cfg, scfg, self.batch, self.cache_dtype), self.device)
         self._window_pixels: list[list[tuple[np.ndarray, tuple[int, ...]] | None]] = [
             [None] * scfg.vision_window for _ in range(self.batch)]
+
+    # ---------------------------------------------------------------- sessions
+    @property
+    def free_slots(self) -> list[int]:
+        """The slots that hold no session, in increasing order."""
+        return [b for b in range(self.batch) if not self._open[b]]
+
+    def is_open(self, slot: int) -> bool:
+        """Whether `slot` holds a session."""
+        return self._open[self._check_slot(slot)]
+
+    def _check_slot(self, slot: int) -> int:
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.batch:
+            raise ValueError(f"slot must be an int in 0..{self.batch - 1}, got {slot!r}.")
+        return int(slot)
+
+    def open(self, slot: int | None = None, *, query: str | None = DEFAULT_QUERY, previous_text: str | None = None,
+             system: str = DEFAULT_SYSTEM, stream_id: int | None = None) -> int:
+        """Start a new session in a free slot (the lowest, or `slot`) and return the slot.
+
+        Its host policy starts fresh (system block, previous text, `query` in its first second) and its device
+        rows get new metadata at the next step, so nothing the slot held before is ever visible. It samples
+        with fold_in(seed, stream_id) (default: the slot), so it samples as a fresh Streamer with that id.
+        Raises SlotsFull when no slot is free, ValueError for a slot in use. Nothing is compiled.
+        """
+        if slot is None:
+            free = self.free_slots
+            if not free:
+                raise SlotsFull(f"All {self.batch} slots hold a session; close one first or build the Streamer "
+                                f"with a larger batch.")
+            slot = free[0]
+        slot = self._check_slot(slot)
+        if self._open[slot]:
+            raise ValueError(f"Slot {slot} holds a session; close it first or open another slot.")
+        q, pre = self._session(system, query, previous_text)  # validate before touching any state
+        self.queries[slot], self._prefixes[slot] = q, pre
+        self._open[slot] = True
+        self._questions[slot].clear()
+        if self.cache is not None:
+            self.hosts[slot] = self._new_host(slot)
+            self._window_pixels[slot] = [None] * self.scfg.vision_window
+        sid = slot if stream_id is None else int(stream_id)
+        self.keys = _reseed(self.keys, np.int32(slot), np.uint32(self.seed), np.int32(sid))
+        return slot
+
+    def close(self, slot: int) -> None:
+        """End the session in `slot`: the slot is free (idle at every step until opened again); questions still
+        queued for it are dropped."""
+        slot = self._check_slot(slot)
+        self._open[slot] = False
+        self._questions[slot].clear()
+        if self.cache is not None:
+            self.hosts[slot] = self._new_host(slot)
+
+    def ask(self, slot: int, question: str, *, max_new_tokens: int | None = None, answer_prefix: str = "") -> None:
+        """Queue a viewer's question for the next second that `slot` is stepped with a frame.
+
+        The question is appended to that second's time stamp (`prompt.question_text`, the original's qa_stream
+        template); the assistant turn then opens with `answer_prefix`, the answer (at most `max_new_tokens`,
+        default all of StreamConfig.answer_tokens the prefix leaves, ended by "\n") and the commentary.
+        The step's Comment carries the question and the answer. Several questions go to successive seconds.
+        """
+        slot = self._check_slot(slot)
+        if not self._open[slot]:
+            raise ValueError(f"Slot {slot} holds no session; open it before asking.")
+        s = self.scfg
+        if not s.question_tokens or not s.answer_tokens:
+            raise ValueError(f"Questions need room in the cache but StreamConfig.question_tokens is "
+                             f"{s.question_tokens} and answer_tokens is {s.answer_tokens}; set both (e.g. 32 and 16).")
+        if not question or not question.strip():
+            raise ValueError("The question is empty; pass some text.")
+        n_q = len(self.tok.encode(question_text(question, False)))
+        if n_q > s.question_tokens:
+            raise ValueError(f"The question takes {n_q} tokens but StreamConfig.question_tokens is "
+                             f"{s.question_tokens}; shorten it or raise question_tokens.")
+        prefix = tuple(self.tok.encode(answer_prefix)) if answer_prefix else ()
+        room = s.answer_tokens - len(prefix)
+        limit = room if max_new_tokens is None else int(max_new_tokens)
+        if room < 0 or not 0 <= limit <= room:
+            raise ValueError(f"The answer prefix ({len(prefix)} tokens) and max_new_tokens ({max_new_tokens}) must "
+                             f"fit StreamConfig.answer_tokens {s.answer_tokens}; lower them or raise answer_tokens.")
+        self._questions[slot].append(_Question(question, prefix, limit))
 
     # ---------------------------------------------------------------- sizes
     def _check_budget(self, scfg: StreamConfig) -> None:
@@ -461,23 +604,25 @@ class Streamer:
         return self._meta[key]
 
     def _encode(self, pixels: list[np.ndarray | None], grids: list[tuple | None], items: int, cap: int):
-        """Encode per stream `items` seconds of one grid each -> features [B, items*cap, D] on device."""
-        groups: dict[tuple, list[int]] = {}
+        """Encode per stream `items` seconds of one grid each -> features [B, items*cap, D] on device.
+
+        One call per active stream, so the compiled shapes depend on the frame size alone, never on how many
+        sessions are active: sessions that come and go compile nothing, and idle slots cost no vision. The
+        [B, items*cap, D] buffer persists; an idle stream's row keeps stale features that nothing reads.
+        """
+        if all(g is None for g in grids):
+            return None
+        shape = (self.batch, items * cap, self.cfg.text.hidden_size)
+        buf = self._feats.pop(shape, None)
+        if buf is None:
+            buf = jax.device_put(jnp.zeros(shape, self.cfg.compute_dtype), self.device)
         for b, g in enumerate(grids):
             if g is not None:
-                groups.setdefault(g, []).append(b)
-        parts, index, offset = [], np.full(self.batch, 0, np.int32), 0
-        for g, members in groups.items():
-            px = np.concatenate([pixels[b] for b in members])
-            feats = encode_vision(self.cfg, self.params, px, self._vision_meta(g, items * len(members)),
-                                  items=items * len(members), cap=cap)
-            parts.append(feats.reshape(len(members), items * cap, -1))
-            index[members] = offset + np.arange(len(members))
-            offset += len(members)
-        if not parts:
-            return None
-        index[[b for b in range(self.batch) if grids[b] is None]] = offset
-        return _assemble(tuple(parts), index)
+                feats = encode_vision(self.cfg, self.params, pixels[b], self._vision_meta(g, items), items=items,
+                                      cap=cap)  # [items, cap, D]
+                buf = _place(buf, feats, np.int32(b))
+        self._feats[shape] = buf
+        return buf
 
     # ---------------------------------------------------------------- one second
     def step(self, seconds: Sequence[Any | None], force: Sequence[Sequence[int] | None] | None = None
@@ -492,6 +637,10 @@ class Streamer:
         if len(seconds) != self.batch:
             raise ValueError(f"step got {len(seconds)} seconds for {self.batch} streams; pass one per stream "
                              f"(None for an ended stream).")
+        for b, sec in enumerate(seconds):
+            if sec is not None and not self._open[b]:
+                raise ValueError(f"step got a second for slot {b}, which holds no session; open it first or pass "
+                                 f"None there.")
         cfg, merge = self.cfg, self.cfg.vision.merge_unit
         if self.cache is None:  # vision_tokens=None: size the rows to the first second's frames
             sizes = [int(np.prod(np.asarray(s.grid_thw).reshape(-1)[:3])) // merge for s in seconds if s is not None]
@@ -535,41 +684,55 @@ class Streamer:
 
         # Host plans, then the device relayout and prefill.
         plans = [None] * self.batch
+        asked: list[_Question | None] = [None] * self.batch
         for b, sec in enumerate(seconds):
             if sec is None:
                 continue
             h = self.hosts[b]
             q = self.queries[b] if h.second == 0 else None
-            rnd = build_round(self.tok, float(sec.t0), float(sec.t1), n_vis[b], query=q)
+            qa = asked[b] = self._questions[b][0] if self._questions[b] else None
+            rnd = build_round(self.tok, float(sec.t0), float(sec.t1), n_vis[b], query=q,
+                              question=question_text(qa.text, h.second == 0) if qa else None)
             span = (0, 0)
             if q:
                 q0 = rnd.vision_start + n_vis[b] + 1
                 span = (q0, q0 + len(self.tok.encode(q)))
             spg = float(getattr(sec, "second_per_grid_ts", 1.0))
-            plans[b] = h.plan(rnd.prompt, rnd.vision_start, n_vis[b], grids[b], spg, span)
+            plans[b] = h.plan(rnd.prompt, rnd.vision_start, n_vis[b], grids[b], spg, span,
+                              answer_prefix=qa.prefix if qa else ())
+        for b, qa in enumerate(asked):
+            if qa is not None:  # placed: it is this second's question now
+                self._questions[b].popleft()
         self._relayout(plans)
         logits0 = self._prefill(plans, feats)
         logits0.block_until_ready()
         t_prefill = time.perf_counter()
 
         # Decode.
-        out, n = self._generate(plans, logits0, seconds, force)
+        out, n, cut = self._generate(plans, logits0, seconds, force, asked)
         t_decode = time.perf_counter()
         comments: list[Comment | None] = []
         for b, sec in enumerate(seconds):
             if sec is None:
                 comments.append(None)
                 continue
-            content = [int(x) for x in out[b, :n[b]]]
-            self.hosts[b].commit(content)
+            written = [int(x) for x in out[b, :n[b]]]
+            self.hosts[b].commit(written)
+            content = written[cut[b]:]
             shown = content[:-len(self.silence)] if self.silence and content[-len(self.silence):] == self.silence \
                 else content
+            qa, answer = asked[b], ()
+            if qa is not None:  # the answer: up to its "\n" (absent when the turn ended inside the answer)
+                answer = tuple(written[:cut[b]])
+                answer = answer[:-1] if answer and answer[-1] == self._newline else answer
             comments.append(Comment(
                 stream=b, index=self.hosts[b].second - 1, t0=float(sec.t0), t1=float(sec.t1),
                 text=self.tok.decode(shown).strip(), tokens=tuple(content),
                 vision_ms=1e3 * (t_vision - t_start), prefill_ms=1e3 * (t_prefill - t_vision),
                 decode_ms=1e3 * (t_decode - t_prefill), n_tokens=int(n[b]),
-                partial=bool(getattr(sec, "partial", False))))
+                partial=bool(getattr(sec, "partial", False)),
+                question=qa.text if qa else None, answer=self.tok.decode(list(answer)).strip() if qa else None,
+                answer_tokens=answer))
         return comments
 
     def _encode_window(self, seconds, grids, pixels):
@@ -590,7 +753,8 @@ class Streamer:
         return self._encode(stacked, grids, v, self.scfg.vision_tokens)
 
     def _relayout(self, plans) -> None:
-        lay, m = self.scfg.layout, self.scfg.max_new_tokens
+        lay = self.scfg.layout
+        m = lay.content_len
         b = self.batch
         src = np.zeros((b, m), np.int32)
         dst = np.full((b, m), lay.size, np.int32)
@@ -642,8 +806,9 @@ class Streamer:
         vis = np.where(vis >= 0, row * self.scfg.vision_tokens + vis, -1)
         return slots.astype(np.int32), toks.astype(np.int32), vis.astype(np.int32)
 
-    def _generate(self, plans, logits0, seconds, force):
+    def _generate(self, plans, logits0, seconds, force, asked):
         b, m = self.batch, self.scfg.max_new_tokens
+        answer_len = np.full(b, -1, np.int32)
         base_slot = np.zeros(b, np.int32)
         base_order = np.zeros(b, np.int32)
         base_pos = np.zeros(b, np.float32)
@@ -656,19 +821,22 @@ class Streamer:
                 continue
             base_slot[i], base_order[i], base_pos[i], active[i] = p.base_slot, p.base_order, p.base_pos, True
             secs[i] = self.hosts[i].second - 1
+            if asked[i] is not None:
+                answer_len[i] = asked[i].limit
             if force is not None and force[i] is not None:
                 f = [int(x) for x in force[i]]
                 if len(f) > m:
                     raise ValueError(f"Stream {i}: {len(f)} forced tokens exceed max_new_tokens {m}.")
                 forced[i, :len(f)], forced_len[i] = f, len(f)
-        self.cache, out, n, logits = generate(
+        self.cache, out, n, cut, logits = generate(
             self.cfg, self.params, self.cache, logits0, base_slot, base_order, base_pos, active, forced, forced_len,
-            self.keys, secs, sampling=self.sampling, max_new=m, stop_ids=self.stop_ids, keep_logits=self.keep_logits)
-        out, n = np.asarray(out), np.asarray(n)
+            self.keys, secs, answer_len, sampling=self.sampling, max_new=m, stop_ids=self.stop_ids,
+            keep_logits=self.keep_logits, max_answer=self.scfg.answer_tokens, newline=self._newline)
+        out, n, cut = np.asarray(out), np.asarray(n), np.asarray(cut)
         if self.keep_logits:
             self.last_logits = np.asarray(logits)
             self.last_prefill_logits = np.asarray(logits0)
-        return out, n
+        return out, n, cut
 
     # ---------------------------------------------------------------- convenience
     def run(self, seconds: Iterable[Any]) -> Iterator[Comment]:
