@@ -79,11 +79,17 @@ class TextConfig:
         return self.num_attention_heads // self.num_key_value_heads
 
 
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The whole VLM: vision tower + decoder + the special token ids that splice them together.
 
-    `dtype` is the compute dtype; parameters keep whatever dtype they were loaded with.
+    `dtype` is the compute dtype; parameters keep whatever dtype they were loaded with. `attention` picks the
+    decoder's attention kernel: "einsum" (grouped einsums, fp32 softmax), "xla" (`jax.nn.dot_product_attention`
+    lowered by XLA) or "cudnn" (the same call as a fused cuDNN kernel; GPU, bf16/fp16 only). All three compute
+    the same function.
     """
 
     vision: VisionConfig = VisionConfig()
@@ -95,11 +101,14 @@ class ModelConfig:
     bos_token_id: int = 151643
     eos_token_id: int = 151645
     dtype: str = "float32"
+    attention: str = "einsum"
 
     def __post_init__(self):
         t, v = self.text, self.vision
         checks = [
             (self.dtype in _DTYPES, f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}"),
+            (self.attention in ATTENTION_IMPLS,
+             f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}"),
             (t.num_attention_heads % t.num_key_value_heads == 0,
              f"num_attention_heads {t.num_attention_heads} must be a multiple of num_key_value_heads "
              f"{t.num_key_value_heads}"),

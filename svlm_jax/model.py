@@ -35,7 +35,7 @@ class Qwen25VL(nn.Module):
     def setup(self):
         c, dt = self.cfg, self.cfg.compute_dtype
         self.visual = VisionTower(c.vision, dt)
-        self.text = TextDecoder(c.text, dt, self.remat, self.attn_q_chunk)
+        self.text = TextDecoder(c.text, dt, self.remat, self.attn_q_chunk, c.attention)
         if not c.text.tie_word_embeddings:
             self.lm_head = Linear(c.text.vocab_size, False, dt)
 

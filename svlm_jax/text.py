@@ -37,7 +37,15 @@ def _gqa_dense(q, k, v, mask, num_kv: int):
     return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
 
 
-def gqa_attention(q, k, v, mask, num_kv: int, q_chunk: int | None = None):
+def _gqa(q, k, v, mask, num_kv: int, impl: str):
+    if impl == "einsum":
+        return _gqa_dense(q, k, v, mask, num_kv)
+    # Same maths (fp32 logits and softmax, a fully masked row averages uniformly); "cudnn" fuses it on a GPU.
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask[:, None],
+                                        implementation=impl)
+
+
+def gqa_attention(q, k, v, mask, num_kv: int, q_chunk: int | None = None, impl: str = "einsum"):
     """Grouped-query attention. q [B,T,N,H], k/v [B,S,KV,H], mask [B,T,S] bool -> [B,T,N,H].
 
     Logits and softmax in fp32; probabilities cast back to q's dtype before the value product.
@@ -45,15 +53,16 @@ def gqa_attention(q, k, v, mask, num_kv: int, q_chunk: int | None = None):
     pass, so only [q_chunk, S] logits exist at once instead of [T, S] (a 24-s chunk at 720p is ~20k
     tokens: 45 GB of fp32 logits per layer for the 7B). Every query row sees all S keys either way, so
     the result is the same.
+    impl: "einsum", "xla" or "cudnn" (`ModelConfig.attention`).
     """
     b, t, n, h = q.shape
     if not q_chunk or t <= q_chunk:
-        return _gqa_dense(q, k, v, mask, num_kv)
+        return _gqa(q, k, v, mask, num_kv, impl)
     nc = -(-t // q_chunk)
     pad = nc * q_chunk - t
     qs = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nc, q_chunk, n, h)
     ms = jnp.pad(mask, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, q_chunk, mask.shape[-1])
-    one = jax.checkpoint(lambda qc, mc: _gqa_dense(qc, k, v, mc, num_kv))
+    one = jax.checkpoint(lambda qc, mc: _gqa(qc, k, v, mc, num_kv, impl))
     out = jax.lax.map(lambda a: one(*a), (jnp.moveaxis(qs, 1, 0), jnp.moveaxis(ms, 1, 0)))  # [C, B, q, N, H]
     return jnp.moveaxis(out, 0, 1).reshape(b, nc * q_chunk, n, h)[:, :t]
 
@@ -62,6 +71,7 @@ class Attention(nn.Module):
     cfg: TextConfig
     dtype: Any = jnp.float32
     q_chunk: int | None = None
+    impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, kv: LayerKV | None = None):
@@ -83,7 +93,8 @@ class Attention(nn.Module):
             cos_k, sin_k = kv.cos, kv.sin
         q_rot = apply_rotary(q, cos[:, :, None], sin[:, :, None])
         k_rot = apply_rotary(k_all.astype(self.dtype), cos_k[:, :, None], sin_k[:, :, None])
-        out = gqa_attention(q_rot, k_rot, v_all.astype(self.dtype), mask, c.num_key_value_heads, self.q_chunk)
+        out = gqa_attention(q_rot, k_rot, v_all.astype(self.dtype), mask, c.num_key_value_heads, self.q_chunk,
+                            self.impl)
         y = dense(c.hidden_size, "o_proj", bias=False, dtype=self.dtype)(out.reshape(b, t, -1))
         return y, (k_all, v_all)
 
@@ -92,11 +103,12 @@ class DecoderLayer(nn.Module):
     cfg: TextConfig
     dtype: Any = jnp.float32
     q_chunk: int | None = None
+    impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, kv: LayerKV | None = None):
         c = self.cfg
-        h, new_kv = Attention(c, self.dtype, self.q_chunk, name="self_attn")(
+        h, new_kv = Attention(c, self.dtype, self.q_chunk, self.impl, name="self_attn")(
             RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask, kv)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)
@@ -114,12 +126,13 @@ class TextDecoder(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     q_chunk: int | None = None
+    impl: str = "einsum"
 
     def setup(self):
         c = self.cfg
         self.embed_tokens = Embed(c.vocab_size, c.hidden_size, self.dtype)
         layer_cls = nn.remat(DecoderLayer) if self.remat else DecoderLayer
-        self.layers = [layer_cls(c, self.dtype, self.q_chunk) for _ in range(c.num_hidden_layers)]
+        self.layers = [layer_cls(c, self.dtype, self.q_chunk, self.impl) for _ in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps)
 
     def embed(self, input_ids):
