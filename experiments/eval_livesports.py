@@ -1,0 +1,108 @@
+"""LiveSports-3K-CC: generate commentary per event clip and judge it A/B against a baseline (evaluation.md §2).
+
+    python -m experiments.eval_livesports generate --events events.jsonl --videos DIR --ckpt CKPT --out results/ls
+    python -m experiments.eval_livesports judge --events events.jsonl --baseline captions/BASELINE.jsonl \
+        --pred results/ls/predictions.jsonl --judge openai:gpt-4o-mini --out results/ls_vs_baseline
+
+events.jsonl is the HF `stdKonjac/LiveSports-3K` config `LiveSports_3K_CC`, split test, exported to JSON lines
+(docs/EVALUATION.md). Both steps resume; exit codes as experiments.eval_inf_streams.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from experiments.eval_inf_streams import (add_judge_flags, add_model_flags, load_setup, make_judge, report, write_json,
+                                          write_jsonl)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from svlm_jax.eval import generation, livesports
+    from svlm_jax.eval.datasets import read_events
+    from svlm_jax.tokenizer import ChatTokenizer
+
+    events, problems = read_events(a.events, a.videos)
+    if not events:
+        report(problems, "events")
+        print(f"error: no event with a video under {a.videos}; check --events and --videos.", file=sys.stderr)
+        return 2
+    jobs = generation.shard(livesports.jobs(events), a.process_index, a.process_count)
+    sink = window = None
+    if a.no_truncation:  # the original passes no sink/window: the previous text and commentary are never cut
+        tok = ChatTokenizer.from_dir(a.ckpt)
+        longest = max(len(tok.encode(j.previous_text)) + j.seconds * (a.max_new_tokens + 4) for j in jobs)
+        sink, window = longest, 0
+    setup = load_setup(a, text_sink=sink, text_window=window)
+    summary = generation.run_jobs(jobs, setup, a.out, batch=a.batch, progress=not a.no_progress)
+    path, p2 = generation.write_predictions(livesports.jobs(events), a.out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "messages"}))
+    print(f"wrote {path}", file=sys.stderr)
+    for m in summary["messages"]:
+        problems.add("generation", m)
+    rc = report(problems, "skipped")
+    if (a.process_count or 1) == 1:
+        rc = max(rc, report(p2, "predictions"))
+    return rc
+
+
+def cmd_judge(a: argparse.Namespace) -> int:
+    from svlm_jax.eval import livesports
+    from svlm_jax.eval.datasets import read_events, read_predictions
+    from svlm_jax.eval.judgments import JudgmentCache
+
+    events, problems = read_events(a.events, need_video=False)
+    baseline, pb = read_predictions(a.baseline)
+    model, pm = read_predictions(a.pred)
+    for p in (pb, pm):
+        problems.counts.update(p.counts)
+        problems.messages += p.messages
+    judge = make_judge(a)
+    os.makedirs(a.out, exist_ok=True)
+    cache = JudgmentCache(a.cache or os.path.join(a.out, "judgments.jsonl"))
+    score, records, pj = livesports.judge(baseline, model, {e.id: e.asr for e in events}, judge, cache,
+                                          concurrency=a.concurrency, progress=not a.no_progress)
+    write_jsonl(os.path.join(a.out, "judged.jsonl"), records)
+    write_json(os.path.join(a.out, "score.json"), score)
+    print(f"Winning rate of the model vs the baseline: {score['win_rate_percent']}% over {score['events']} events "
+          f"({score['model_wins']} wins of {2 * score['events']} votes)")
+    return max(report(problems, "inputs"), report(pj, "judging"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m experiments.eval_livesports", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="stream every event clip and write predictions.jsonl")
+    g.add_argument("--events", required=True, help="LiveSports_3K_CC test split as JSON lines")
+    g.add_argument("--videos", required=True, help="directory the events' `video` paths are relative to")
+    g.add_argument("--no-truncation", action="store_true",
+                   help="never cut the previous text (the original passes no text sink/window)")
+    g.add_argument("--process-index", type=int, default=None)
+    g.add_argument("--process-count", type=int, default=None)
+    add_model_flags(g)
+    j = sub.add_parser("judge", help="A/B judge against a baseline caption file; win = model wins / 2N")
+    j.add_argument("--events", required=True, help="the events file (its event_asr_text is the human commentary)")
+    j.add_argument("--baseline", required=True, help="baseline predictions {video_id, event_id, pred} JSONL")
+    j.add_argument("--pred", required=True, help="the model's predictions.jsonl")
+    j.add_argument("--out", required=True, help="output directory (judged.jsonl, score.json, judgments.jsonl)")
+    add_judge_flags(j)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit code (2 bad input, 130 interrupted, 1 when items were skipped or failed)."""
+    a = parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "judge": cmd_judge}[a.cmd](a)
+    except KeyboardInterrupt:
+        print("interrupted; everything finished so far is on disk, rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
