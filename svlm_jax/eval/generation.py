@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from svlm_jax.eval.datasets import Game, Problems, iter_jsonl, phrase_before
+from svlm_jax.eval.datasets import Game, Problems, phrase_before
 from svlm_jax.eval.prompts import BROADCASTER_QUERY
 from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError
 
@@ -353,7 +353,3 @@ def write_predictions(jobs: Sequence[Job], out_dir: str, name: str = "prediction
     _atomic_lines(path, rows)
     return path, problems
 
-
-def read_merged_items(path: str) -> list[dict]:
-    """All lines of a merged_result.jsonl (for tests and tools)."""
-    return [o for _, o in iter_jsonl(path)]

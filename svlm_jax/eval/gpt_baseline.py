@@ -88,7 +88,7 @@ def generate(windows: Sequence[Window], root: str, client, out_dir: str, *, conc
                 r = f.result()
                 done[(r["video"], r["start"], r["end"])] = r
             except (JudgeError, VideoError, OSError) as e:
-                problems.add("window_failed", f"{w.id}: {e}; dropped (rerun to try again).")
+                problems.add("window_failed", f"{w.id}: {str(e).rstrip('.')}; dropped (a rerun tries it again).")
             bar.update(1)
     bar.close()
     by_video: dict[str, list[dict]] = {}
