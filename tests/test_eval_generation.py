@@ -107,3 +107,30 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
     assert eval_inf_streams.main(["generate", "--data", str(tmp_path), "--ckpt", str(tmp_path), "--out",
                                   str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error: No eval_all_metadata.jsonl")
+
+
+def test_livesports_generation_uses_asr_and_title(data, capsys, tmp_path):
+    from experiments import eval_livesports
+    from svlm_jax.eval.prompts import commentator_query
+
+    data_dir, ckpt, _ = data
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(e) + "\n" for e in [
+        {"video": "NBA/g1.mp4", "video_id": "g1", "event_id": 3, "begin": 1.5, "end": 4.2, "event_title": "Dunk",
+         "preasr_text": " earlier words", "event_asr_text": "human"},
+        {"video": "NHL/g2.mp4", "video_id": "g2", "event_id": 0, "begin": 0.0, "end": 1.0, "event_title": "",
+         "preasr_text": None, "event_asr_text": "human"}]))
+    out = tmp_path / "ls"
+    small = SMALL[2:]  # without --start
+    assert SMALL[:2] == ["--start", "2"]
+    assert eval_livesports.main(["generate", "--events", str(events), "--videos", data_dir, "--ckpt", ckpt,
+                                 "--out", str(out), *small]) == 0
+    heads = {k: json.loads(v.splitlines()[0])["job"] for k, v in _logs(out).items()}
+    assert heads["g1_3.jsonl"]["previous_text"] == " earlier words" and heads["g2_0.jsonl"]["previous_text"] == ""
+    assert heads["g1_3.jsonl"]["query"] == commentator_query("Dunk") != commentator_query("")
+    secs = [json.loads(x) for x in _logs(out)["g1_3.jsonl"].splitlines()[1:-1]]
+    assert [s["t"] for s in secs] == [1.5, 2.5]  # floor(4.2 - 1.5) = 2 seconds from `begin`
+    preds = [json.loads(x) for x in open(out / "predictions.jsonl")]
+    assert preds[0] == {"video_id": "g1", "event_id": "3", "begin": 1.5, "end": 4.2,
+                        "pred": "".join(s["response"] for s in secs)}
+    assert len(preds) == 2

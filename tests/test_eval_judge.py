@@ -216,14 +216,12 @@ def test_local_judge_is_deterministic_and_matches_a_full_forward():
     lp = judge.logprobs(msgs, ("A", "B"))
     assert judge.ask(msgs) == ("A", "B")[int(np.argmax(lp))] == judge.ask(msgs)
     assert np.array_equal(judge.logprobs(msgs, ("A", "B")), lp)
+    # Against one full causal forward over the prompt and "Commentary A": the logits at the prompt's last
+    # position give the first answer token, and multi-token answers sum their tokens' log-probabilities.
     ids = judge.prompt_ids(msgs)
-    logits = forward(judge.cfg, judge.params, np.asarray([ids]))[0, -1]
-    ref = jax.nn.log_softmax(logits)
-    want = [float(ref[judge.tok.encode(c)[0]]) for c in ("A", "B")]
-    np.testing.assert_allclose(lp, want, rtol=1e-5, atol=1e-5)
-    # Multi-token answers sum their tokens' log-probabilities.
-    two = judge.logprobs(msgs, ("Commentary A", "Commentary B"))
     a_ids = judge.tok.encode("Commentary A")
-    full = forward(judge.cfg, judge.params, np.asarray([ids + a_ids]))[0]
-    steps = jax.nn.log_softmax(full[len(ids) - 1:len(ids) - 1 + len(a_ids)])
+    steps = jax.nn.log_softmax(forward(judge.cfg, judge.params, np.asarray([ids + a_ids]))[0, len(ids) - 1:])
+    want = [float(steps[0, judge.tok.encode(c)[0]]) for c in ("A", "B")]
+    np.testing.assert_allclose(lp, want, rtol=1e-5, atol=1e-5)
+    two = judge.logprobs(msgs, ("Commentary A", "Commentary B"))
     np.testing.assert_allclose(two[0], sum(float(steps[i, t]) for i, t in enumerate(a_ids)), rtol=1e-5, atol=1e-5)

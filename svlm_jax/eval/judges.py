@@ -115,6 +115,7 @@ class LocalJudge:
         self.tok.check_model(self.cfg)
         self.attn_chunk, self.pad_to = attn_chunk, pad_to
         self.id = f"local:{os.path.abspath(ckpt)}"
+        self.serial = True  # one accelerator: questions go one at a time
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the chat up to and including the assistant header."""
@@ -134,7 +135,7 @@ class LocalJudge:
             raise ValueError(f"Every answer must encode to at least one token; got {list(choices)!r}.")
         n = len(prompt) + max(map(len, answers))
         t = -(-n // self.pad_to) * self.pad_to
-        k = max(map(len, answers))
+        k = -(-max(map(len, answers)) // 8) * 8  # answer slots in multiples of 8: one compile for most answers
         ids = np.zeros((len(choices), t), np.int32)
         mask = np.zeros((len(choices), t), np.int32)
         at = np.zeros((len(choices), k), np.int32)

@@ -61,7 +61,7 @@ def ask_all(questions: Sequence[Question], judge, cache: JudgmentCache, *, concu
     bar = tqdm(total=len(todo), desc=f"judge {judge.id}", unit="q", disable=not progress or not todo,
                file=sys.stderr)
     bar.set_postfix(cached=len(votes))
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, concurrency))
+    pool = cf.ThreadPoolExecutor(max_workers=1 if getattr(judge, "serial", False) else max(1, concurrency))
     try:
         futures = {pool.submit(one, q): q for q in todo}
         for f in cf.as_completed(futures):
