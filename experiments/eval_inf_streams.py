@@ -61,8 +61,10 @@ def load_setup(a: argparse.Namespace, *, text_sink: int | None = None, text_wind
     from svlm_jax.tokenizer import ChatTokenizer
     from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
 
+    from svlm_jax.errors import ConfigError
+
     if a.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {a.batch}.")
+        raise ConfigError(f"--batch must be >= 1, got {a.batch}.")
     sampling = SamplingConfig.from_generation_config(
         a.ckpt, temperature=a.temperature if a.temperature > 0 else None, top_k=a.top_k, top_p=a.top_p,
         repetition_penalty=a.repetition_penalty, greedy=a.greedy or a.temperature == 0)
@@ -136,6 +138,7 @@ def write_jsonl(path: str, rows) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_generate(a: argparse.Namespace) -> int:
+    from svlm_jax.errors import DataError
     from svlm_jax.eval import generation
     from svlm_jax.eval.datasets import read_games
 
@@ -145,8 +148,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     problems.messages += p2.messages
     if not jobs:
         report(problems, "metadata")
-        print(f"error: no game to stream in {a.data} (see above); check --data and --start.", file=sys.stderr)
-        return 2
+        raise DataError(f"No game to stream in {a.data} (see above); check --data and --start.")
     mine = generation.shard(jobs, a.process_index, a.process_count)
     setup = load_setup(a)
     summary = generation.run_jobs(mine, setup, a.out, batch=a.batch, progress=not a.no_progress)
@@ -203,20 +205,22 @@ def cmd_judge(a: argparse.Namespace) -> int:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
+    from svlm_jax.errors import DataNotFound
     from svlm_jax.eval import inf_streams
     from svlm_jax.eval.datasets import iter_jsonl, read_merged, read_windows
 
     windows, problems = read_windows(a.clips)
     judged = os.path.join(a.out, "judged.jsonl")
     if not os.path.exists(judged):
-        raise FileNotFoundError(f"No {judged}; run the judge step first with the same --out.")
+        raise DataNotFound(f"No {judged}; run the judge step first with the same --out.")
     records = [r for _, r in iter_jsonl(judged, problems)]
     s = inf_streams.score(records, windows, n_boot=a.bootstrap)
     if a.a and a.b:
         ma, _ = read_merged(a.a)
         mb, _ = read_merged(a.b)
         pairs, _ = inf_streams.pair_windows(windows, ma, mb)
-        s["offline"] = {"A": inf_streams.offline_metrics(pairs, ma, "a"), "B": inf_streams.offline_metrics(pairs, mb, "b")}
+        s["offline"] = {"A": inf_streams.offline_metrics(pairs, ma, "a"),
+                        "B": inf_streams.offline_metrics(pairs, mb, "b")}
     write_json(os.path.join(a.out, "scores.json"), s)
     inf_streams.plot_segments(s["segments"], os.path.join(a.out, "segments.png"))
     print(f"win rate of A: {s['win_rate_A_percent']:.2f}%  (votes A {s['votes_A']}, B {s['votes_B']}, "
@@ -224,8 +228,9 @@ def cmd_score(a: argparse.Namespace) -> int:
     print(f"{'video':<28}{'windows':>8}{'A':>6}{'B':>6}{'win %':>8}")
     for v, row in s["per_video"].items():
         print(f"{v:<28}{row['windows']:>8}{row['A']:>6}{row['B']:>6}{100 * row['win_rate']:>8.2f}")
-    print("segments: " + "  ".join(f"{int(100 * g['lo'])}-{int(100 * g['hi'])}%: "
-                                   + ("-" if not g["windows"] else f"{100 * g['win_rate']:.1f}") for g in s["segments"]))
+    segs = [f"{int(100 * g['lo'])}-{int(100 * g['hi'])}%: " + (f"{100 * g['win_rate']:.1f}" if g["windows"] else "-")
+            for g in s["segments"]]
+    print("segments: " + "  ".join(segs))
     for side, m in s.get("offline", {}).items():
         print(f"{side}: word F1 {m['word_f1']:.4f}  ROUGE-L {m['rouge_l']:.4f}  median lag {m['median_lag_s']} s  "
               f"matched words {m['matched_words']}")
@@ -280,17 +285,14 @@ COMMANDS = {"generate": cmd_generate, "gpt-baseline": cmd_gpt_baseline, "judge":
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit code (2 bad input, 130 interrupted, 1 when items were skipped or failed)."""
+    """The CLI; returns the exit code (2 bad input, 130 interrupted, 1 when items were skipped or failed).
+    A rerun of an interrupted command resumes it."""
+    from svlm_jax.errors import cli_main
+
     a = parse_args(argv)
-    try:
-        return COMMANDS[a.cmd](a)
-    except KeyboardInterrupt:
-        print("interrupted; everything finished so far is on disk, rerun the same command to resume.",
-              file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # StreamConfig / SamplingConfig report bad flags as ValueError.
+    return cli_main(lambda: COMMANDS[a.cmd](a), "python -m experiments.eval_inf_streams",
+                    catch=(OSError, ValueError))
 
 
 if __name__ == "__main__":

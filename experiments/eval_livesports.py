@@ -19,6 +19,7 @@ from experiments.eval_inf_streams import (add_judge_flags, add_model_flags, load
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
+    from svlm_jax.errors import DataError
     from svlm_jax.eval import generation, livesports
     from svlm_jax.eval.datasets import read_events
     from svlm_jax.tokenizer import ChatTokenizer
@@ -26,8 +27,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     events, problems = read_events(a.events, a.videos)
     if not events:
         report(problems, "events")
-        print(f"error: no event with a video under {a.videos}; check --events and --videos.", file=sys.stderr)
-        return 2
+        raise DataError(f"No event with a video under {a.videos}; check --events and --videos.")
     jobs = generation.shard(livesports.jobs(events), a.process_index, a.process_count)
     sink = window = None
     if a.no_truncation:  # the original passes no sink/window: the previous text and commentary are never cut
@@ -91,17 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit code (2 bad input, 130 interrupted, 1 when items were skipped or failed)."""
+    """The CLI; returns the exit code (2 bad input, 130 interrupted, 1 when items were skipped or failed).
+    A rerun of an interrupted command resumes it."""
+    from svlm_jax.errors import cli_main
+
     a = parse_args(argv)
-    try:
-        return {"generate": cmd_generate, "judge": cmd_judge}[a.cmd](a)
-    except KeyboardInterrupt:
-        print("interrupted; everything finished so far is on disk, rerun the same command to resume.",
-              file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # StreamConfig / SamplingConfig report bad flags as ValueError.
+    command = {"generate": cmd_generate, "judge": cmd_judge}[a.cmd]
+    return cli_main(lambda: command(a), "python -m experiments.eval_livesports", catch=(OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def test_baseline_windows_through_the_endpoint(tmp_path, capsys):
                                                     "0.25 fps (capped)."}
         assert [p["type"] for p in user[1:]] == ["image_url", "image_url"]
         merged = [json.loads(x) for x in open(tmp_path / "gpt" / "merged_result.jsonl")]
-        assert merged == [{"video": "g1.mp4", "chunk_start": 0, "chunk_end": 7, "items": [{"end_time": 7, "response": "a"}]},
-                          {"video": "g2.mp4", "chunk_start": 1, "chunk_end": 5, "items": [{"end_time": 5, "response": "a"}]}]
+        assert merged == [
+            {"video": "g1.mp4", "chunk_start": 0, "chunk_end": 7, "items": [{"end_time": 7, "response": "a"}]},
+            {"video": "g2.mp4", "chunk_start": 1, "chunk_end": 5, "items": [{"end_time": 5, "response": "a"}]}]
         assert eval_inf_streams.main(args) == 1 and len(server.requests) == 2  # answered windows are not asked again
     finally:
         server.close()

@@ -183,7 +183,7 @@ def test_bad_judge_spec_and_missing_files_are_one_line(files, capsys):
     assert "openai:MODEL or local:CKPT" in capsys.readouterr().err
     assert eval_inf_streams.main(["judge", "--clips", str(root / "none.jsonl"), "--a", a, "--b", b, "--out",
                                   str(root / "r"), "--judge", "openai:x", "--api-key", "k"]) == 2
-    assert capsys.readouterr().err.startswith("error: No scoring windows")
+    assert "error: No scoring windows" in capsys.readouterr().err
 
 
 def test_livesports_judge_2n_denominator(tmp_path, server, capsys):

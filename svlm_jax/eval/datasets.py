@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Callable, Iterator
 
+from svlm_jax.errors import DataNotFound
+
 METADATA = "eval_all_metadata.jsonl"
 
 
@@ -98,7 +100,7 @@ def read_games(root: str | os.PathLike, metadata: str | None = None) -> tuple[li
     problems = Problems()
     path = metadata or os.path.join(root, METADATA)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No {os.path.basename(path)} at {path}; point --data at the Inf-Streams-Eval "
+        raise DataNotFound(f"No {os.path.basename(path)} at {path}; point --data at the Inf-Streams-Eval "
                                 f"directory (it holds {METADATA} and the game videos).")
     games, seen = [], set()
     for n, g in _read(path, lambda o: Game(str(o["video"]), os.path.join(root, str(o["video"])),
@@ -157,7 +159,7 @@ def read_windows(path: str | os.PathLike) -> tuple[list[Window], Problems]:
     """Scoring windows, deduplicated on (video, start, end) as merge_score.py does; malformed lines counted."""
     problems = Problems()
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No scoring windows at {path}; pass --clips temp_score_clips.jsonl.")
+        raise DataNotFound(f"No scoring windows at {path}; pass --clips temp_score_clips.jsonl.")
     out, seen = [], set()
     for n, w in _read(path, _window, problems):
         if (w.key, w.start, w.end) in seen:
@@ -172,7 +174,7 @@ def read_merged(path: str | os.PathLike) -> tuple[dict[str, dict], Problems]:
     """A merged_result.jsonl: basename -> {"video", "chunk_start", "chunk_end", "items"}."""
     problems = Problems()
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No merged results at {path}; run `generate` first or pass the right file.")
+        raise DataNotFound(f"No merged results at {path}; run `generate` first or pass the right file.")
 
     def parse(o):
         return dict(o, video=os.path.basename(str(o["video"])), chunk_start=int(o["chunk_start"]),
@@ -207,7 +209,7 @@ def read_events(path: str | os.PathLike, root: str | os.PathLike | None = None,
     video is missing are skipped and counted (judging needs only the texts: need_video=False)."""
     problems = Problems()
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No events file at {path}; export the LiveSports_3K_CC test split to JSONL first "
+        raise DataNotFound(f"No events file at {path}; export the LiveSports_3K_CC test split to JSONL first "
                                 f"(docs/EVALUATION.md).")
 
     def parse(o):
@@ -229,6 +231,6 @@ def read_predictions(path: str | os.PathLike) -> tuple[dict[str, str], Problems]
     """A LiveSports prediction or baseline caption file: {video_id}_{event_id} -> pred."""
     problems = Problems()
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No predictions at {path}; pass an existing JSONL file.")
+        raise DataNotFound(f"No predictions at {path}; pass an existing JSONL file.")
     parsed = _read(path, lambda o: (f"{o['video_id']}_{o['event_id']}", str(o.get("pred") or "")), problems)
     return dict(p for _, p in parsed), problems

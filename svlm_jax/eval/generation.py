@@ -2,8 +2,8 @@
 
 A `Job` is one fresh stream over [start, start + seconds) of a video, with its previous text and query:
 an Inf-Streams-Eval game (infinite mode), one 100-s chunk of it (chunked mode), or a LiveSports-3K-CC clip.
-`run_jobs` streams up to `batch` jobs at once as the rows of one `Streamer` (a wave; a finished row idles
-until the wave ends), and writes every second to the job's log as soon as it is generated:
+`run_jobs` streams up to `batch` jobs at once as the slots of one `Streamer` (a finished job's slot is
+closed and the next job opened in it), and writes every second to the job's log as soon as it is generated:
 
     <out>/seconds/<job>.jsonl   line 1: {"job": {...}}  (the job and the generation settings)
                                 then one {"t": t0, "response": text, "tokens": [ids]} per second
@@ -21,6 +21,7 @@ logs, and `merge_inf_streams` builds merged_result.jsonl from whichever games ar
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -33,6 +34,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from svlm_jax.eval.datasets import Game, Problems, phrase_before
+from svlm_jax.errors import ConfigError
 from svlm_jax.eval.prompts import BROADCASTER_QUERY
 from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError
 
@@ -183,21 +185,24 @@ class _Row:
 def run_jobs(jobs: Sequence[Job], setup: StreamSetup, out_dir: str, *, batch: int = 1, progress: bool = True,
              on_second: Callable[[int], None] | None = None) -> dict:
     """Generate every unfinished job into its log (see the module docstring); returns a summary
-    {"jobs", "done", "skipped_done", "seconds", "replayed", "wall_s", "rtf", "problems"}.
+    {"jobs", "done", "skipped_done", "seconds", "replayed", "wall_s", "rtf", "problems", "messages"}.
 
-    on_second(n) is called after each batched step with the number of seconds written so far in this call.
-    Ctrl-C (KeyboardInterrupt) closes everything and propagates; every generated second is already on disk.
+    One `Streamer` of `batch` slots runs the whole time: a job is a session (`Streamer.open` with its query,
+    previous text and stream id), and when it ends its slot is closed and the next job opens there at once,
+    so no row idles while jobs remain. on_second(n) is called after each batched step with the number of
+    seconds written so far in this call. Ctrl-C (KeyboardInterrupt) closes everything and propagates; every
+    generated second is already on disk.
     """
     from svlm_jax.stream import Streamer
 
     os.makedirs(os.path.join(out_dir, "seconds"), exist_ok=True)
-    problems, todo, skipped = Problems(), [], 0
+    problems, todo, skipped = Problems(), collections.deque(), 0
     for j in jobs:
         path = log_path(out_dir, j)
         log = read_log(path, repair=True)
         want = {"job": j.describe(), "settings": setup.settings}
         if log.header is not None and log.header != want:
-            raise ValueError(f"{path} was written for another job or other settings; use a new output directory "
+            raise ConfigError(f"{path} was written for another job or other settings; use a new output directory "
                              f"or delete that file (it holds {len(log.seconds)} generated seconds).")
         if log.done:
             skipped += 1
@@ -207,85 +212,96 @@ def run_jobs(jobs: Sequence[Job], setup: StreamSetup, out_dir: str, *, batch: in
     bar_jobs = tqdm(total=len(jobs), initial=skipped, desc="games", unit="job", disable=not progress,
                     file=sys.stderr, position=0)
     bar_s = tqdm(total=total_s, desc="seconds", unit="s", disable=not progress, file=sys.stderr, position=1)
-    written = replayed = done = 0
+    counts = {"written": 0, "replayed": 0, "done": 0}
     t_start = time.perf_counter()
-    try:
-        for w in range(0, len(todo), batch):
-            wave = todo[w:w + batch]
-            rows: list[_Row | None] = []
-            for j, path, log, want in wave:
-                try:
-                    frames = FrameStream(j.path, fps=setup.fps, start=j.start, end=j.start + j.seconds,
-                                         min_pixels=setup.min_pixels, max_pixels=setup.max_pixels)
-                except (VideoError, OSError, ValueError) as e:
-                    problems.add("video_error", f"{j.key}: {e}")
-                    bar_s.update(j.seconds)
-                    rows.append(None)
-                    continue
-                if log.header is None:
-                    with open(path, "w", encoding="utf-8") as f:
-                        f.write(json.dumps(want, ensure_ascii=False) + "\n")
-                rows.append(_Row(j, path, log, frames))
-                bar_s.update(len(log.seconds))
-            rows += [None] * (batch - len(rows))
-            live = [r.job if r else None for r in rows]
-            streamer = Streamer(
-                setup.cfg, setup.params, setup.tokenizer, setup.scfg, sampling=setup.sampling, batch=batch,
-                seed=setup.seed, query=[j.query if j else None for j in live],
-                previous_text=[j.previous_text if j else None for j in live],
-                stream_ids=[j.stream_id if j else 0 for j in live], stop_ids=setup.stop_ids)
-            silence = streamer.silence
+    rows: list[_Row | None] = [None] * batch
+    streamer = None
+    if todo:
+        streamer = Streamer(setup.cfg, setup.params, setup.tokenizer, setup.scfg, sampling=setup.sampling,
+                            batch=batch, seed=setup.seed, stop_ids=setup.stop_ids)
+        for b in range(batch):
+            streamer.close(b)
+
+    def fill(i: int) -> None:
+        """Open the next job that has a readable video in slot i (or leave it empty)."""
+        while todo:
+            j, path, log, want = todo.popleft()
             try:
-                while any(rows):
-                    seconds, force = [], []
-                    for i, r in enumerate(rows):
-                        sec = None
-                        if r is not None:
-                            try:
-                                sec = next(r.frames)
-                            except StopIteration:
-                                r.write({"done": True, "seconds": r.written})
-                                r.close()
-                                rows[i], done = None, done + 1
-                                bar_jobs.update(1)
-                                bar_s.update(r.job.seconds - r.written)  # a video shorter than its job
-                            except VideoError as e:
-                                problems.add("video_error", f"{r.job.key}: {e} ({r.written} s kept; rerun resumes)")
-                                r.close()
-                                rows[i] = None
-                                bar_s.update(r.job.seconds - r.written)
-                        seconds.append(sec)
-                        force.append(rows[i].replay[0] if sec is not None and rows[i].replay else None)
-                    if not any(s is not None for s in seconds):
-                        break
-                    comments = streamer.step(seconds, force=force)
-                    for r, c, f in zip(rows, comments, force):
-                        if c is None:
-                            continue
-                        if f is not None:
-                            r.replay.pop(0)
-                            replayed += 1
-                            continue
-                        toks = list(c.tokens)
-                        shown = toks[:-len(silence)] if silence and toks[-len(silence):] == silence else toks
-                        r.write({"t": _number(c.t0), "response": setup.tokenizer.decode(shown), "tokens": toks})
-                        r.written += 1
-                        written += 1
-                        bar_s.update(1)
-                    el = time.perf_counter() - t_start
-                    bar_s.set_postfix(rtf=f"{written / el:.2f}x" if el > 0 else "-")
-                    if on_second is not None:
-                        on_second(written)
-            finally:
-                for r in rows:
-                    if r is not None:
-                        r.close()
+                frames = FrameStream(j.path, fps=setup.fps, start=j.start, end=j.start + j.seconds,
+                                     min_pixels=setup.min_pixels, max_pixels=setup.max_pixels)
+            except (VideoError, OSError, ValueError) as e:
+                problems.add("video_error", f"{j.key}: {e}")
+                bar_s.update(j.seconds)
+                continue
+            if log.header is None:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(want, ensure_ascii=False) + "\n")
+            streamer.open(i, query=j.query, previous_text=j.previous_text, stream_id=j.stream_id)
+            rows[i] = _Row(j, path, log, frames)
+            bar_s.update(len(log.seconds))
+            return
+
+    def end(i: int, error: Exception | None = None) -> None:
+        r = rows[i]
+        if error is None:
+            r.write({"done": True, "seconds": r.written})
+            counts["done"] += 1
+            bar_jobs.update(1)
+        else:
+            problems.add("video_error", f"{r.job.key}: {error} ({r.written} s kept; a rerun resumes)")
+        bar_s.update(r.job.seconds - r.written)  # a video shorter than its job, or a broken one
+        r.close()
+        rows[i] = None
+        streamer.close(i)
+        fill(i)
+
+    def next_second(i: int):
+        while rows[i] is not None:
+            try:
+                return next(rows[i].frames)
+            except StopIteration:
+                end(i)
+            except VideoError as e:
+                end(i, e)
+        return None
+
+    try:
+        for i in range(batch):
+            fill(i)
+        while any(rows):
+            seconds = [next_second(i) for i in range(batch)]
+            if not any(s is not None for s in seconds):
+                break
+            force = [r.replay[0] if s is not None and r.replay else None for r, s in zip(rows, seconds)]
+            comments = streamer.step(seconds, force=force)
+            for r, c, f in zip(rows, comments, force):
+                if c is None:
+                    continue
+                if f is not None:
+                    r.replay.pop(0)
+                    counts["replayed"] += 1
+                    continue
+                toks = list(c.tokens)
+                sil = streamer.silence
+                shown = toks[:-len(sil)] if sil and toks[-len(sil):] == sil else toks
+                r.write({"t": _number(c.t0), "response": setup.tokenizer.decode(shown), "tokens": toks})
+                r.written += 1
+                counts["written"] += 1
+                bar_s.update(1)
+            el = time.perf_counter() - t_start
+            bar_s.set_postfix(rtf=f"{counts['written'] / el:.2f}x")
+            if on_second is not None:
+                on_second(counts["written"])
     finally:
+        for r in rows:
+            if r is not None:
+                r.close()
         bar_s.close()
         bar_jobs.close()
     wall = time.perf_counter() - t_start
-    return {"jobs": len(jobs), "done": done, "skipped_done": skipped, "seconds": written, "replayed": replayed,
-            "wall_s": round(wall, 3), "rtf": round(written / wall, 3) if wall > 0 else None,
+    return {"jobs": len(jobs), "done": counts["done"], "skipped_done": skipped, "seconds": counts["written"],
+            "replayed": counts["replayed"], "wall_s": round(wall, 3),
+            "rtf": round(counts["written"] / wall, 3) if wall > 0 else None,
             "problems": dict(problems.counts), "messages": problems.messages}
 
 

@@ -19,6 +19,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from svlm_jax.errors import ConfigError
+
 DEFAULT_SYSTEM = "You are a helpful assistant."  # what Qwen's chat template inserts when there is no system turn
 
 
@@ -35,7 +37,7 @@ def parse_judge(spec: str, *, base_url: str | None = None, api_key: str | None =
                            backoff=backoff)
     if kind == "local" and name:
         return LocalJudge(name, dtype=dtype)
-    raise ValueError(f"--judge {spec!r} is not openai:MODEL or local:CKPT; e.g. --judge openai:gpt-5 or "
+    raise ConfigError(f"--judge {spec!r} is not openai:MODEL or local:CKPT; e.g. --judge openai:gpt-5 or "
                      f"--judge local:/ckpts/judge.")
 
 
@@ -55,7 +57,7 @@ class OpenAIJudge:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_KEY")
         if not api_key:
-            raise ValueError("No API key for the judge: pass --api-key or set OPENAI_API_KEY (any non-empty value "
+            raise ConfigError("No API key for the judge: pass --api-key or set OPENAI_API_KEY (any non-empty value "
                              "for a local server that ignores it).")
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
