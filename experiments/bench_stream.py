@@ -8,7 +8,12 @@ Each mode streams the same random seconds through a fresh `Streamer` with the pa
 (vision window 16 s, text sink 512, text window 512, 20 tokens per second, temperature 0.9, repetition
 penalty 1.05) unless flags say otherwise. Per second it records the vision, prefill and decode
 milliseconds and the tokens written. Mode `full` stops at --max-cache-gib. Second 0 includes compilation
-and is left out of the summary. Writes <out>/bench_stream_<preset>.json and .png.
+and is left out of the summary. Writes <out>/bench_stream_<preset>[_tags].json and .png (tags name the
+non-default --batch, --quant, --kv-dtype and --attention).
+
+The streaming mode also reports the roofline: the bytes one decode step must read (decoder weights and
+LM head once, plus the K/V of every cache slot of every stream), the rate achieved at the late median
+ms/token, and this machine's read bandwidth measured in the same run (before and after), with the ratio.
 """
 from __future__ import annotations
 
@@ -77,6 +82,67 @@ def bench_tokenizer(cfg: ModelConfig) -> ChatTokenizer:
     return ChatTokenizer.from_tokenizer(tok)
 
 
+def decode_weight_bytes(cfg: ModelConfig, params) -> int:
+    """Bytes of parameters one decode step reads: the decoder layers, the final norm and the LM head.
+
+    The vision tower is not run while decoding, and the input embedding is gathered one row at a time, so
+    neither counts, except that a tied embedding is the LM head and is read whole.
+    """
+    from svlm_jax.quant import weight_bytes
+
+    text = {k: v for k, v in params["text"].items() if k != "embed_tokens"}
+    head = params["text"]["embed_tokens"] if cfg.text.tie_word_embeddings else params["lm_head"]
+    return weight_bytes(text) + weight_bytes(head)
+
+
+def kv_bytes_per_slot(cfg: ModelConfig, dtype) -> int:
+    """K and V bytes of one cache slot over all layers."""
+    t = cfg.text
+    return 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * jnp.dtype(dtype).itemsize
+
+
+def read_bandwidth(mib: int = 512, repeats: int = 5) -> dict:
+    """This machine's read bandwidth in GB/s, measured two ways on arrays far larger than the caches.
+
+    sum: a jitted reduction over `mib` MiB of float32; matvec: a [1, D] x [D, N] product over the same
+    bytes, the kernel a decode step is made of. Best of `repeats` each.
+    """
+    n = mib * 2**20 // 4
+    x = jnp.ones((n,), jnp.float32)
+    w = x.reshape(4096, -1)
+    v = jnp.ones((1, 4096), jnp.float32)
+    out = {}
+    for name, fn, args in (("sum", jax.jit(jnp.sum), (x,)), ("matvec", jax.jit(jnp.dot), (v, w))):
+        jax.block_until_ready(fn(*args))
+        best = min(_timed(fn, args) for _ in range(repeats))
+        out[name + "_gbs"] = round(n * 4 / best / 1e9, 3)
+    out["gbs"] = max(out["sum_gbs"], out["matvec_gbs"])
+    out["mib"] = mib
+    del x, w
+    return out
+
+
+def _timed(fn, args) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t
+
+
+def roofline(cfg, params, scfg, cache_dtype, batch: int, ms_per_token: float | None, bandwidth: dict) -> dict:
+    """Bytes one decode step must read (weights once, plus every stream's K/V) and the achieved rate.
+
+    kv_slots_read: the cache slots attention reads per stream (all S: empty slots are masked, not skipped).
+    """
+    w = decode_weight_bytes(cfg, params)
+    kv = scfg.layout.size * kv_bytes_per_slot(cfg, cache_dtype or cfg.compute_dtype) * batch
+    out = {"weight_bytes": w, "kv_bytes": kv, "bytes_per_step": w + kv, "kv_slots_read": scfg.layout.size,
+           "batch": batch, "bandwidth": bandwidth}
+    if ms_per_token:
+        out["achieved_gbs"] = round((w + kv) / (ms_per_token * 1e-3) / 1e9, 3)
+        out["fraction_of_measured"] = round(out["achieved_gbs"] / bandwidth["gbs"], 3) if bandwidth else None
+    return out
+
+
 def grid_of(args) -> tuple[int, int]:
     """Patch grid (h, w) of a frame: --grid in patches, or --frame in pixels through smart_resize."""
     if args.grid:
@@ -89,9 +155,9 @@ def grid_of(args) -> tuple[int, int]:
 
 def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
     """Stream args.seconds synthetic seconds in `mode`; per-second timings as lists."""
-    st = Streamer(cfg, params, tok, scfg, sampling=sampling, seed=args.seed, mode=mode,
+    st = Streamer(cfg, params, tok, scfg, sampling=sampling, seed=args.seed, mode=mode, batch=args.batch,
                   previous_text=" ".join(["red ball"] * 400) if args.previous_text else None,
-                  max_cache_bytes=int(args.max_cache_gib * 2**30))
+                  max_cache_bytes=int(args.max_cache_gib * 2**30), cache_dtype=args.kv_dtype)
     rec = {k: [] for k in ("second", "vision_ms", "prefill_ms", "decode_ms", "tokens", "total_ms", "cpu_ms",
                            "slots")}
     stopped = None
@@ -103,8 +169,9 @@ def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
             break
         try:
             t0, c0 = time.perf_counter(), time.process_time()
-            c = st.step([sec])[0]
+            cs = st.step([sec] * args.batch)
             total, cpu = 1e3 * (time.perf_counter() - t0), 1e3 * (time.process_time() - c0)
+            c = max(cs, key=lambda x: x.n_tokens)  # the decode loop runs until the longest turn ends
         except CacheFull as e:
             stopped = f"cache full at second {i}: {e}"
             break
@@ -205,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--previous-text", action="store_true", help="start with 800 tokens of previous text")
     ap.add_argument("--max-cache-gib", type=float, default=4.0, help="memory cap of mode full")
     ap.add_argument("--mode-budget-s", type=float, default=0.0, help="stop a mode after this wall time (0 = off)")
+    ap.add_argument("--batch", type=int, default=1, help="streams stepped together in one Streamer")
+    ap.add_argument("--kv-dtype", choices=("float32", "bfloat16"), default=None, help="cache dtype (default: compute)")
+    ap.add_argument("--quant", choices=("int8",), default=None, help="int8 weight-only decoder and LM head")
+    ap.add_argument("--attention", choices=("einsum", "xla", "cudnn"), default="einsum",
+                    help="decoder attention kernel (ModelConfig.attention)")
+    ap.add_argument("--bandwidth-mib", type=int, default=512, help="array size of the read-bandwidth probe (0 = skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", type=int, default=0, help="print every N seconds")
     ap.add_argument("--out", default="docs/figures")
@@ -215,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown mode(s) {bad}; choose from {MODES}")
     backend = jax.default_backend()
     dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
-    cfg = ModelConfig.preset(args.preset, dtype=dtype)
+    cfg = ModelConfig.preset(args.preset, dtype=dtype).replace(attention=args.attention)
     grid = grid_of(args)
     n_vision = (-(-args.fps // 2)) * grid[0] * grid[1] // 4
     scfg = StreamConfig(vision_window=args.vision_window, text_sink=args.text_sink, text_window=args.text_window,
@@ -223,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     sampling = SamplingConfig()
     t0 = time.perf_counter()
     params = random_params(cfg, args.seed, jnp.dtype(dtype))
+    if args.quant:
+        from svlm_jax.quant import quantize_params
+
+        params = quantize_params(cfg, params, args.quant)
     jax.block_until_ready(params)
+    bandwidth = read_bandwidth(args.bandwidth_mib) if args.bandwidth_mib else {}
     tok = bench_tokenizer(cfg)
     device = jax.devices()[0]
     result = {
@@ -233,16 +311,25 @@ def main(argv: list[str] | None = None) -> int:
         "vision_tokens_per_second": n_vision, "stream_config": scfg.__dict__,
         "cache_bytes_streaming": cache_bytes(cfg, scfg), "command": " ".join(["python -m experiments.bench_stream"]
                                                                             + (argv or sys.argv[1:])),
-        "init_s": round(time.perf_counter() - t0, 2), "modes": {},
+        "init_s": round(time.perf_counter() - t0, 2), "batch": args.batch, "kv_dtype": args.kv_dtype,
+        "quant": args.quant, "attention": args.attention, "modes": {},
     }
     print(f"{args.preset}: {result['params'] / 1e6:.1f}M params, {dtype}, {result['device']}, grid {grid}, "
           f"{n_vision} vision tokens/s", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"bench_stream_{args.preset}")
+    tags = [f"b{args.batch}" if args.batch != 1 else "", args.quant or "",
+            f"kv{args.kv_dtype}" if args.kv_dtype else "", args.attention if args.attention != "einsum" else ""]
+    stem = os.path.join(args.out, "_".join(["bench_stream", args.preset] + [t for t in tags if t]))
     for mode in modes:
         t = time.perf_counter()
         result["modes"][mode] = rec = run_mode(mode, cfg, params, tok, scfg, sampling, args, grid)
         s = rec["summary"]
+        if mode == "streaming":
+            if args.bandwidth_mib:  # measured again after the run: the machine's state at both ends
+                again = read_bandwidth(args.bandwidth_mib)
+                bandwidth = {k: max(v, again[k]) for k, v in bandwidth.items()}
+            rec["roofline"] = roofline(cfg, params, scfg, args.kv_dtype, args.batch,
+                                       s["late"]["ms_per_token"] if s else None, bandwidth)
         msg = (f"{mode}: {len(rec['second'])} s in {time.perf_counter() - t:.0f} s wall"
                + (f"; stopped: {rec['stopped']}" if rec["stopped"] else ""))
         if s:
@@ -251,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"ratio {s['late_over_early']:.3f}, CPU time {s['cpu_late_over_early']:.3f}; trend over the run: "
                     f"CPU median {s.get('trend_cpu_median', float('nan')):.3f}, wall p10 "
                     f"{s.get('trend_wall_p10', float('nan')):.3f}; decode {s['late']['ms_per_token']:.3f} ms/token")
+        r = rec.get("roofline")
+        if r and "achieved_gbs" in r:
+            msg += (f"; reads {r['bytes_per_step'] / 1e6:.1f} MB/token ({r['weight_bytes'] / 1e6:.1f} weights + "
+                    f"{r['kv_bytes'] / 1e6:.1f} K/V) at {r['achieved_gbs']:.2f} GB/s"
+                    + (f" = {r['fraction_of_measured']:.0%} of the measured {r['bandwidth']['gbs']:.2f} GB/s"
+                       if r.get("fraction_of_measured") else ""))
         print(msg, file=sys.stderr, flush=True)
         with open(stem + ".json", "w") as f:  # rewritten after each mode, so a long run loses nothing
             json.dump(result, f)
