@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", action="store_true", help="benchmark the 7B-shaped model (needs a GPU)")
     p.add_argument("--layers", type=int, default=4, help="decoder layers of the 7B-shaped model")
     p.add_argument("--steps", type=int, default=10, help="timed steps after the compile")
+    p.add_argument("--attention", choices=("einsum", "xla", "cudnn"), default="einsum",
+                   help="decoder attention kernel of the 7B-shaped model (ModelConfig.attention)")
     p.add_argument("--out", help="JSON file (default docs/figures/bench_train_cpu.json, or _gpu.json with --gpu)")
     args = p.parse_args(argv)
     args.out = args.out or f"docs/figures/bench_train_{'gpu' if args.gpu else 'cpu'}.json"
@@ -142,10 +144,10 @@ def main(argv=None) -> int:
             raise SystemExit("--gpu needs a GPU; jax sees only " + jax.devices()[0].platform)
         base = ModelConfig.qwen25vl_7b()
         cfg = base.replace(dtype="bfloat16", text=TextConfig(num_hidden_layers=args.layers),
-                           vision=VisionConfig(depth=4, fullatt_block_indexes=(3,)))
+                           vision=VisionConfig(depth=4, fullatt_block_indexes=(3,)), attention=args.attention)
         # A 24-s chunk at 360p-like frames (20 x 28 patches: 140 merged tokens per second).
         for rows in (1, 2):
-            results.append(bench(f"7b-shape-{args.layers}L-bf16-b{rows}", cfg, rows=rows, rounds=24,
+            results.append(bench(f"7b-shape-{args.layers}L-bf16-b{rows}-{args.attention}", cfg, rows=rows, rounds=24,
                                  grid_hw=(20, 28), words=3, steps=args.steps, remat=True, frozen=("visual",)))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     old = []
