@@ -2,7 +2,8 @@
 # One command for every GPU figure: bash experiments/gpu_suite.sh OUTDIR
 # Runs on one H100/H200 in about 9 minutes: the streaming suite (7B, 720p: 2 FPS streaming + roofline,
 # recompute, 8 FPS, B = 1..8 streams, cuDNN attention, int8 weights; 20 s of stream each after its compile)
-# and bench_train --gpu (MFU), each under a hard time limit, then prints the summary table. Figures: OUTDIR/gpu_suite.json, bench_train_gpu.json, PNGs.
+# and bench_train --gpu (MFU), each under a hard time limit, then prints the summary table.
+# Figures: OUTDIR/gpu_suite.json, OUTDIR/bench_train_gpu.json and PNGs.
 set -uo pipefail
 out=${1:?usage: bash experiments/gpu_suite.sh OUTDIR}
 mkdir -p "$out"
