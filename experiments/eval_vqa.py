@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(a: argparse.Namespace) -> int:
+    from svlm_jax.errors import SvlmError
     from svlm_jax.eval.vqa.readers import read_bench
-    from svlm_jax.eval.vqa.records import RecordError
     from svlm_jax.eval.vqa.results import PREDICTIONS, Predictions, finish
 
     if a.batch < 1:
@@ -61,7 +61,7 @@ def _main(a: argparse.Namespace) -> int:
         return 2
     try:
         report = read_bench(a.bench, a.data)
-    except (FileNotFoundError, RecordError, ValueError) as e:
+    except (SvlmError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{PROTOCOLS[a.bench].name}: {report.summary()}", file=sys.stderr)
@@ -81,7 +81,7 @@ def _main(a: argparse.Namespace) -> int:
         tok = ChatTokenizer.from_dir(a.ckpt)
         cfg, params = svlm_jax.load(a.ckpt, a.dtype)
         tok.check_model(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (SvlmError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = a.out or os.path.join("eval_vqa", f"{a.bench}-{a.mode}")

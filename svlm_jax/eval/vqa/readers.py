@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from svlm_jax.eval.vqa import protocols as P
+from svlm_jax.errors import DataNotFound
 from svlm_jax.eval.vqa.records import Question, ReadReport, RecordError
 
 # MVBench's task table as VLMEvalKit defines it: task -> (json file, folder under video/, data type, bounded).
@@ -252,7 +253,7 @@ def read_ovo(root: str) -> ReadReport:
     elif os.path.exists(fmt):
         _collect(jsonl_records(fmt), fmt, _ovo_formatted(root), report)
     else:
-        raise FileNotFoundError(f"No OVO-Bench annotations in {root}: expected ovo_bench_new.json or "
+        raise DataNotFound(f"No OVO-Bench annotations in {root}: expected ovo_bench_new.json or "
                                 f"ovo-bench-formatted.jsonl; point --data at the unpacked OVO-Bench directory.")
     return report
 
@@ -262,7 +263,7 @@ def read_lvb(root: str) -> ReadReport:
     """LongVideoBench validation set from `root`/lvb_val.json with videos in `root`/videos/."""
     path = os.path.join(root, "lvb_val.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No {path}; point --data at the LongVideoBench directory holding lvb_val.json.")
+        raise DataNotFound(f"No {path}; point --data at the LongVideoBench directory holding lvb_val.json.")
 
     def build(rec: Any, where: str) -> list[Question]:
         _need(rec, ("video_path", "question", "candidates", "correct_choice", "duration_group",
@@ -289,7 +290,7 @@ def _find_parquet(root: str) -> str:
         return preferred
     found = sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True))
     if not found:
-        raise FileNotFoundError(f"No Video-MME parquet under {root}; expected videomme/test-00000-of-00001.parquet "
+        raise DataNotFound(f"No Video-MME parquet under {root}; expected videomme/test-00000-of-00001.parquet "
                                 f"from lmms-lab/Video-MME.")
     return found[0]
 
@@ -342,7 +343,7 @@ def read_mvbench(root: str) -> ReadReport:
     """MVBench from `root`/json/*.json with videos under `root`/video/ (VLMEvalKit's task table)."""
     jdir = os.path.join(root, "json")
     if not os.path.isdir(jdir):
-        raise FileNotFoundError(f"No {jdir}; point --data at the MVBench directory holding json/ and video/.")
+        raise DataNotFound(f"No {jdir}; point --data at the MVBench directory holding json/ and video/.")
     report = ReadReport([])
     for task, (fname, prefix, kind, bound) in MVBENCH_TASKS.items():
         path = os.path.join(jdir, fname)
@@ -367,7 +368,7 @@ def read_mvbench(root: str) -> ReadReport:
 
         _collect(json_array_records(path), path, build, report)
     if not report.questions and not report.missing and not report.malformed:
-        raise FileNotFoundError(f"No MVBench task files in {jdir}; expected e.g. {MVBENCH_TASKS['Action Count'][0]}.")
+        raise DataNotFound(f"No MVBench task files in {jdir}; expected e.g. {MVBENCH_TASKS['Action Count'][0]}.")
     return report
 
 
@@ -380,5 +381,5 @@ def read_bench(bench: str, root: str) -> ReadReport:
     if bench not in READERS:
         raise ValueError(f"Unknown benchmark {bench!r}; choose one of {', '.join(READERS)}.")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"Benchmark directory {root} does not exist; pass the unpacked benchmark directory.")
+        raise DataNotFound(f"Benchmark directory {root} does not exist; pass the unpacked benchmark directory.")
     return READERS[bench](root)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from svlm_jax.errors import DataError
 
-class RecordError(ValueError):
+
+class RecordError(DataError):
     """A malformed annotation record: names its file and line (or index) and what is wrong."""
 
 

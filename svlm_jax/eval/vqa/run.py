@@ -45,7 +45,7 @@ def _ahead(items: Iterable[Any], fn: Callable[[Any], Any], depth: int = 4) -> It
     def safe(x):
         try:
             return fn(x)
-        except (VideoError, OSError) as e:
+        except (VideoError, ValueError, OSError) as e:  # a broken or unusable video (e.g. frames under 28 px)
             return e
 
     with cf.ThreadPoolExecutor(1) as ex:
