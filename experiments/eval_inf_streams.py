@@ -50,18 +50,37 @@ def add_model_flags(ap: argparse.ArgumentParser, *, start: bool = True) -> None:
     ap.add_argument("--max-pixels", type=int, default=None, help="per-frame pixel budget (default: the reference's)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: as stored")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d = ap.add_argument_group("several processes (each streams every P-th game; one device each)")
+    d.add_argument("--process-index", type=int, default=None,
+                   help="this process, without jax.distributed (default: jax.process_index())")
+    d.add_argument("--process-count", type=int, default=None,
+                   help="processes, without jax.distributed (default: jax.process_count())")
+    d.add_argument("--coordinator", help="jax.distributed: host:port of process 0")
+    d.add_argument("--num-processes", type=int, help="jax.distributed: number of processes")
+    d.add_argument("--process-id", type=int, help="jax.distributed: this process's index")
+    d.add_argument("--distributed-auto", action="store_true", help="jax.distributed: detect SLURM/MPI/TPU settings")
 
 
-def load_setup(a: argparse.Namespace, *, text_sink: int | None = None, text_window: int | None = None):
-    """The StreamSetup of a generate command: model, tokenizer, StreamConfig, sampling and logged settings."""
-    import svlm_jax
-    from svlm_jax.cache import StreamConfig
-    from svlm_jax.eval.generation import StreamSetup
-    from svlm_jax.stream import SamplingConfig, stop_ids_for
-    from svlm_jax.tokenizer import ChatTokenizer
-    from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
-
+def start_processes(a: argparse.Namespace) -> tuple[int | None, int | None]:
+    """Start jax.distributed when asked (before any other JAX call) -> this process's (index, count) for
+    `generation.shard` (None, None: ask JAX)."""
     from svlm_jax.errors import ConfigError
+    from svlm_jax.train.sharding import init_distributed
+
+    if (a.process_index is None) != (a.process_count is None):
+        raise ConfigError("Pass --process-index and --process-count together (or neither).")
+    if a.process_count is not None and not 0 <= a.process_index < a.process_count:
+        raise ConfigError(f"--process-index must be in 0..{a.process_count - 1}, got {a.process_index}.")
+    init_distributed(a.coordinator, a.num_processes, a.process_id, auto=a.distributed_auto)
+    return a.process_index, a.process_count
+
+
+def stream_settings(a: argparse.Namespace, *, text_sink: int | None = None, text_window: int | None = None):
+    """(SamplingConfig, StreamConfig, settings logged in every job header) of a generate command, read without
+    loading the model."""
+    from svlm_jax.cache import StreamConfig
+    from svlm_jax.errors import ConfigError
+    from svlm_jax.stream import SamplingConfig
 
     if a.batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {a.batch}.")
@@ -72,13 +91,25 @@ def load_setup(a: argparse.Namespace, *, text_sink: int | None = None, text_wind
                         text_window=a.text_window if text_window is None else text_window,
                         max_new_tokens=a.max_new_tokens, vision_tokens=a.vision_tokens or None,
                         query_tokens=a.query_tokens)
+    settings = {"ckpt": os.path.abspath(a.ckpt), "dtype": a.dtype, "seed": a.seed, "fps": a.fps,
+                "sampling": repr(sampling), "stream": repr(scfg), "min_pixels": a.min_pixels,
+                "max_pixels": a.max_pixels}
+    return sampling, scfg, settings
+
+
+def load_setup(a: argparse.Namespace, *, text_sink: int | None = None, text_window: int | None = None):
+    """The StreamSetup of a generate command: model, tokenizer, StreamConfig, sampling and logged settings."""
+    import svlm_jax
+    from svlm_jax.eval.generation import StreamSetup
+    from svlm_jax.stream import stop_ids_for
+    from svlm_jax.tokenizer import ChatTokenizer
+    from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
+
+    sampling, scfg, settings = stream_settings(a, text_sink=text_sink, text_window=text_window)
     tok = ChatTokenizer.from_dir(a.ckpt)
     stop_ids = stop_ids_for(tok, a.ckpt)
     cfg, params = svlm_jax.load(a.ckpt, a.dtype)
     tok.check_model(cfg)
-    settings = {"ckpt": os.path.abspath(a.ckpt), "dtype": a.dtype, "seed": a.seed, "fps": a.fps,
-                "sampling": repr(sampling), "stream": repr(scfg), "min_pixels": a.min_pixels,
-                "max_pixels": a.max_pixels}
     return StreamSetup(cfg, params, tok, scfg, sampling, stop_ids=stop_ids, seed=a.seed, fps=a.fps,
                        min_pixels=a.min_pixels or VIDEO_MIN_PIXELS, max_pixels=a.max_pixels or VIDEO_MAX_PIXELS,
                        settings=settings)
@@ -149,16 +180,20 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if not jobs:
         report(problems, "metadata")
         raise DataError(f"No game to stream in {a.data} (see above); check --data and --start.")
-    mine = generation.shard(jobs, a.process_index, a.process_count)
-    setup = load_setup(a)
-    summary = generation.run_jobs(mine, setup, a.out, batch=a.batch, progress=not a.no_progress)
+    mine = generation.shard(jobs, *start_processes(a))
+    if generation.all_done(mine, a.out, stream_settings(a)[2]):
+        summary = {"jobs": len(mine), "done": 0, "skipped_done": len(mine), "seconds": 0, "messages": []}
+    else:  # loading a large checkpoint only when there is something to stream
+        summary = generation.run_jobs(mine, load_setup(a), a.out, batch=a.batch, progress=not a.no_progress)
     path, p3 = generation.merge_inf_streams(jobs, a.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "messages"}))
     print(f"wrote {path}", file=sys.stderr)
     for m in summary["messages"]:
         problems.add("generation", m)
     rc = report(problems, "skipped")
-    if len(p3) and (a.process_count or 1) == 1:
+    import jax
+
+    if len(p3) and jax.process_count() == 1 and (a.process_count or 1) == 1:
         rc = max(rc, report(p3, "merge"))
     return rc
 
@@ -249,8 +284,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--chunk", type=int, default=None,
                    help="chunked mode: a fresh stream every CHUNK seconds, re-seeded with the ground truth so far "
                         "(the paper's dagger rows use 100); default: one stream per game")
-    g.add_argument("--process-index", type=int, default=None, help="this process (default: jax.process_index())")
-    g.add_argument("--process-count", type=int, default=None, help="processes (default: jax.process_count())")
     add_model_flags(g)
 
     b = sub.add_parser("gpt-baseline", help="the GPT-4o-mini baseline through an OpenAI-compatible endpoint")

@@ -14,8 +14,8 @@ import json
 import os
 import sys
 
-from experiments.eval_inf_streams import (add_judge_flags, add_model_flags, load_setup, make_judge, report, write_json,
-                                          write_jsonl)
+from experiments.eval_inf_streams import (add_judge_flags, add_model_flags, load_setup, make_judge, report,
+                                          start_processes, write_json, write_jsonl)
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if not events:
         report(problems, "events")
         raise DataError(f"No event with a video under {a.videos}; check --events and --videos.")
-    jobs = generation.shard(livesports.jobs(events), a.process_index, a.process_count)
+    jobs = generation.shard(livesports.jobs(events), *start_processes(a))
     sink = window = None
     if a.no_truncation:  # the original passes no sink/window: the previous text and commentary are never cut
         tok = ChatTokenizer.from_dir(a.ckpt)
@@ -42,7 +42,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
     for m in summary["messages"]:
         problems.add("generation", m)
     rc = report(problems, "skipped")
-    if (a.process_count or 1) == 1:
+    import jax
+
+    if jax.process_count() == 1 and (a.process_count or 1) == 1:
         rc = max(rc, report(p2, "predictions"))
     return rc
 
@@ -78,8 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--videos", required=True, help="directory the events' `video` paths are relative to")
     g.add_argument("--no-truncation", action="store_true",
                    help="never cut the previous text (the original passes no text sink/window)")
-    g.add_argument("--process-index", type=int, default=None)
-    g.add_argument("--process-count", type=int, default=None)
     add_model_flags(g)
     j = sub.add_parser("judge", help="A/B judge against a baseline caption file; win = model wins / 2N")
     j.add_argument("--events", required=True, help="the events file (its event_asr_text is the human commentary)")

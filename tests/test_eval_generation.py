@@ -103,6 +103,17 @@ def test_chunked_mode_reseeds_from_ground_truth_and_counts_bad_lines(data, capsy
     assert [json.loads(x) for x in open(out / "merged_result.jsonl")] == merged
 
 
+def test_processes_split_the_games(data, capsys, tmp_path):
+    data_dir, ckpt, _ = data
+    out = tmp_path / "split"
+    assert _generate(data_dir, ckpt, out, "--process-index", "1", "--process-count", "2") == 0
+    assert list(_logs(out)) == ["g2.mp4@2.jsonl"]  # jobs g1, g2: process 1 of 2 takes the second
+    # The merged file holds the games finished so far; g1 belongs to the other process.
+    assert [json.loads(x)["video"] for x in open(out / "merged_result.jsonl")] == ["g2.mp4"]
+    assert _generate(data_dir, ckpt, out, "--process-index", "2", "--process-count", "2") == 2
+    assert "--process-index must be in 0..1" in capsys.readouterr().err
+
+
 def test_missing_dataset_is_one_line(tmp_path, capsys):
     assert eval_inf_streams.main(["generate", "--data", str(tmp_path), "--ckpt", str(tmp_path), "--out",
                                   str(tmp_path / "o")]) == 2

@@ -101,7 +101,7 @@ def read_games(root: str | os.PathLike, metadata: str | None = None) -> tuple[li
     path = metadata or os.path.join(root, METADATA)
     if not os.path.exists(path):
         raise DataNotFound(f"No {os.path.basename(path)} at {path}; point --data at the Inf-Streams-Eval "
-                                f"directory (it holds {METADATA} and the game videos).")
+                           f"directory (it holds {METADATA} and the game videos).")
     games, seen = [], set()
     for n, g in _read(path, lambda o: Game(str(o["video"]), os.path.join(root, str(o["video"])),
                                            _words(o["content"])), problems):
@@ -210,7 +210,7 @@ def read_events(path: str | os.PathLike, root: str | os.PathLike | None = None,
     problems = Problems()
     if not os.path.exists(path):
         raise DataNotFound(f"No events file at {path}; export the LiveSports_3K_CC test split to JSONL first "
-                                f"(docs/EVALUATION.md).")
+                           f"(docs/EVALUATION.md).")
 
     def parse(o):
         video = str(o["video"])

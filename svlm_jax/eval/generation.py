@@ -144,6 +144,23 @@ def _number(t: float):
     return int(t) if float(t).is_integer() else float(t)
 
 
+def _logs(jobs: Sequence[Job], out_dir: str, settings: dict, repair: bool = False):
+    """(job, log path, log, expected header) per job; a log written for other settings raises ConfigError."""
+    for j in jobs:
+        path = log_path(out_dir, j)
+        log = read_log(path, repair=repair)
+        want = {"job": j.describe(), "settings": settings}
+        if log.header is not None and log.header != want:
+            raise ConfigError(f"{path} was written for another job or other settings; use a new output directory "
+                              f"or delete that file (it holds {len(log.seconds)} generated seconds).")
+        yield j, path, log, want
+
+
+def all_done(jobs: Sequence[Job], out_dir: str, settings: dict) -> bool:
+    """Whether every job's log is finished (ConfigError if one was written with other settings)."""
+    return all(log.done for _, _, log, _ in _logs(jobs, out_dir, settings))
+
+
 # ---------------------------------------------------------------------------- the runner
 @dataclasses.dataclass(frozen=True)
 class StreamSetup:
@@ -197,13 +214,7 @@ def run_jobs(jobs: Sequence[Job], setup: StreamSetup, out_dir: str, *, batch: in
 
     os.makedirs(os.path.join(out_dir, "seconds"), exist_ok=True)
     problems, todo, skipped = Problems(), collections.deque(), 0
-    for j in jobs:
-        path = log_path(out_dir, j)
-        log = read_log(path, repair=True)
-        want = {"job": j.describe(), "settings": setup.settings}
-        if log.header is not None and log.header != want:
-            raise ConfigError(f"{path} was written for another job or other settings; use a new output directory "
-                             f"or delete that file (it holds {len(log.seconds)} generated seconds).")
+    for j, path, log, want in _logs(jobs, out_dir, setup.settings, repair=True):
         if log.done:
             skipped += 1
         else:

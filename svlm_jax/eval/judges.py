@@ -38,7 +38,7 @@ def parse_judge(spec: str, *, base_url: str | None = None, api_key: str | None =
     if kind == "local" and name:
         return LocalJudge(name, dtype=dtype)
     raise ConfigError(f"--judge {spec!r} is not openai:MODEL or local:CKPT; e.g. --judge openai:gpt-5 or "
-                     f"--judge local:/ckpts/judge.")
+                      f"--judge local:/ckpts/judge.")
 
 
 class OpenAIJudge:
@@ -58,7 +58,7 @@ class OpenAIJudge:
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_KEY")
         if not api_key:
             raise ConfigError("No API key for the judge: pass --api-key or set OPENAI_API_KEY (any non-empty value "
-                             "for a local server that ignores it).")
+                              "for a local server that ignores it).")
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
         self.id = f"openai:{model}"
