@@ -41,6 +41,7 @@ import numpy as np
 
 from svlm_jax.config import ModelConfig
 from svlm_jax.rope import vision_block_positions
+from svlm_jax.text import QuantKV
 
 POS_MODES = ("contiguous", "native")
 
@@ -77,6 +78,8 @@ class StreamConfig:
         no questions. The answer is assistant content: it becomes older commentary like the words after it.
     pos_mode: "contiguous" renumbers positions from 0 every second; "native" keeps them growing.
     evict: False disables eviction (full attention); a full cache then raises CacheFull.
+    kv_dtype: the K/V storage: None (the compute dtype), "float32", "bfloat16" or "int8" (per slot and head
+        scales; dequantized when attended). Positions, order and the retention policy do not depend on it.
     """
 
     vision_window: int = 16
@@ -92,6 +95,7 @@ class StreamConfig:
     answer_tokens: int = 0
     pos_mode: str = "contiguous"
     evict: bool = True
+    kv_dtype: str | None = None
 
     def __post_init__(self):
         checks = [
@@ -107,6 +111,7 @@ class StreamConfig:
             (self.question_tokens >= 0 and self.answer_tokens >= 0,
              f"question_tokens and answer_tokens must be >= 0, got {self.question_tokens} and {self.answer_tokens}"),
             (self.pos_mode in POS_MODES, f"pos_mode must be one of {POS_MODES}, got {self.pos_mode!r}"),
+            (self.kv_dtype in KV_DTYPES, f"kv_dtype must be one of {KV_DTYPES}, got {self.kv_dtype!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -178,13 +183,26 @@ class StreamCache:
     tokens: jax.Array
 
 
+KV_DTYPES = (None, "float32", "bfloat16", "int8")
+
+
 def init_cache(cfg: ModelConfig, scfg: StreamConfig, batch: int, dtype=None) -> StreamCache:
-    """An empty cache for `batch` streams; K/V in `dtype` (default: the model's compute dtype)."""
+    """An empty cache for `batch` streams; K/V in `dtype`, else `scfg.kv_dtype`, else the compute dtype.
+
+    int8 stores each layer's K and V as `text.QuantKV`: int8 values [B, S, KV, hd] with a float32 scale per
+    slot and head [B, S, KV].
+    """
     t, s = cfg.text, scfg.layout.size
-    dt = cfg.compute_dtype if dtype is None else dtype
+    dt = jnp.dtype(dtype or scfg.kv_dtype or cfg.compute_dtype)
     shape = (batch, s, t.num_key_value_heads, t.head_dim)  # [B, S, KV, hd]
-    zeros = tuple(jnp.zeros(shape, dt) for _ in range(t.num_hidden_layers))
-    zeros_v = tuple(jnp.zeros(shape, dt) for _ in range(t.num_hidden_layers))
+
+    def empty():
+        if dt == jnp.int8:
+            return QuantKV(jnp.zeros(shape, jnp.int8), jnp.zeros(shape[:-1], jnp.float32))
+        return jnp.zeros(shape, dt)
+
+    zeros = tuple(empty() for _ in range(t.num_hidden_layers))
+    zeros_v = tuple(empty() for _ in range(t.num_hidden_layers))
     return StreamCache(k=zeros, v=zeros_v, order=jnp.full((batch, s), -1, jnp.int32),
                        pos=jnp.zeros((batch, s, 3), jnp.float32), tokens=jnp.full((batch, s), -1, jnp.int32))
 

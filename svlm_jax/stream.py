@@ -168,8 +168,8 @@ def relayout(cache: StreamCache, src, dst, order, pos, tokens) -> StreamCache:
     order/tokens: [B, S] int32, pos: [B, S, 3] float32, as computed by the host for this second.
     """
     rows = jnp.arange(src.shape[0])[:, None]
-    move = lambda a: a.at[rows, dst].set(a[rows, src], mode="drop")  # noqa: E731  [B, S, KV, hd]
-    return StreamCache(k=tuple(map(move, cache.k)), v=tuple(map(move, cache.v)), order=order, pos=pos,
+    move = lambda a: a.at[rows, dst].set(a[rows, src], mode="drop")  # noqa: E731  [B, S, ...]
+    return StreamCache(k=jax.tree.map(move, cache.k), v=jax.tree.map(move, cache.v), order=order, pos=pos,
                        tokens=tokens)
 
 
@@ -585,8 +585,8 @@ class Streamer:
         self._check_budget(scfg)
         pad = scfg.layout.size - self.scfg.layout.size
         c = self.cache
-        grow_kv = lambda a: jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) # noqa: E731
-        self.cache = StreamCache(k=tuple(map(grow_kv, c.k)), v=tuple(map(grow_kv, c.v)),
+        grow_kv = lambda a: jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))  # noqa: E731  [B, S, ...]
+        self.cache = StreamCache(k=jax.tree.map(grow_kv, c.k), v=jax.tree.map(grow_kv, c.v),
                                  order=jnp.pad(c.order, ((0, 0), (0, pad)), constant_values=-1),
                                  pos=jnp.pad(c.pos, ((0, 0), (0, pad), (0, 0))),
                                  tokens=jnp.pad(c.tokens, ((0, 0), (0, pad)), constant_values=-1))

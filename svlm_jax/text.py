@@ -19,13 +19,41 @@ from svlm_jax.layers import Embed, RMSNorm, SwiGLU, apply_rotary, dense
 
 
 class LayerKV(NamedTuple):
-    """One layer's cache view. k, v: [B, S, KV, hd] un-rotated; cos, sin: [B, S, hd]; slots: [B, T]."""
+    """One layer's cache view. k, v: [B, S, KV, hd] un-rotated (arrays, or `QuantKV`); cos, sin: [B, S, hd];
+    slots: [B, T]."""
 
     k: Any
     v: Any
     cos: Any
     sin: Any
     slots: Any
+
+
+class QuantKV(NamedTuple):
+    """An int8 cache tensor: q [B, S, KV, hd] int8 and scale [B, S, KV] float32, one per slot and head
+    (symmetric: value = q * scale)."""
+
+    q: Any
+    scale: Any
+
+
+def quantize_heads(x):
+    """x [..., hd] -> (int8 [..., hd], scale [...] float32): symmetric over the last axis."""
+    x = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x), axis=-1) / 127.0
+    q = jnp.round(x / jnp.where(scale > 0, scale, 1.0)[..., None])
+    return jnp.clip(q, -127, 127).astype(jnp.int8), scale
+
+
+def _write_cache(store, new, rows, slots, dtype):
+    """Write new [B, T, KV, hd] into a cache tensor at slots [B, T]; returns (store, all slots [B, S, KV, hd] in
+    `dtype`). A `QuantKV` store quantizes what it writes and dequantizes what it returns."""
+    if isinstance(store, QuantKV):
+        q, scale = quantize_heads(new)
+        store = QuantKV(store.q.at[rows, slots].set(q), store.scale.at[rows, slots].set(scale))
+        return store, store.q.astype(dtype) * store.scale[..., None].astype(dtype)
+    store = store.at[rows, slots].set(new.astype(store.dtype))
+    return store, store.astype(dtype)
 
 
 def _gqa_dense(q, k, v, mask, num_kv: int):
@@ -88,15 +116,15 @@ class Attention(nn.Module):
             k_all, v_all, cos_k, sin_k = k, v, cos, sin
         else:
             rows = jnp.arange(b)[:, None]
-            k_all = kv.k.at[rows, kv.slots].set(k.astype(kv.k.dtype))  # [B, S, KV, H]
-            v_all = kv.v.at[rows, kv.slots].set(v.astype(kv.v.dtype))
+            k_store, k_all = _write_cache(kv.k, k, rows, kv.slots, self.dtype)  # k_all [B, S, KV, H]
+            v_store, v_all = _write_cache(kv.v, v, rows, kv.slots, self.dtype)
             cos_k, sin_k = kv.cos, kv.sin
         q_rot = apply_rotary(q, cos[:, :, None], sin[:, :, None])
         k_rot = apply_rotary(k_all.astype(self.dtype), cos_k[:, :, None], sin_k[:, :, None])
         out = gqa_attention(q_rot, k_rot, v_all.astype(self.dtype), mask, c.num_key_value_heads, self.q_chunk,
                             self.impl)
         y = dense(c.hidden_size, "o_proj", bias=False, dtype=self.dtype)(out.reshape(b, t, -1))
-        return y, (k_all, v_all)
+        return y, ((k_all, v_all) if kv is None else (k_store, v_store))
 
 
 class DecoderLayer(nn.Module):

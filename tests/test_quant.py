@@ -76,3 +76,37 @@ def test_load_quantized_checkpoint_streams(tmp_path):
     assert all(c is not None and 1 <= c.n_tokens <= 6 for c in out)
     with pytest.raises(ValueError, match="quant must be one of"):
         svlm_jax.load(tmp_path / "ckpt", quant="int4")
+
+
+def test_kv_dtypes_stream_with_the_fp32_policy():
+    """bf16 and int8 K/V: the same retained tokens as the float32 cache at every second of a forced stream that
+    evicts, logits near float32's, and fewer bytes."""
+    from svlm_jax.cache import cache_bytes
+    from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+
+    params = noisy_params(CFG, seed=2)
+    tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(WORDS, CFG))
+    rng = np.random.default_rng(0)
+    word_ids = [tok.encode(" " + w)[0] for w in WORDS]
+    force = [[int(x) for x in rng.choice(word_ids, size=rng.integers(0, 5))] for _ in range(14)]
+    runs = {}
+    for kv in ("float32", "bfloat16", "int8"):
+        scfg = small(kv_dtype=kv)
+        st = Streamer(CFG, params, tok, scfg, sampling=SamplingConfig(greedy=True), keep_logits=True,
+                      previous_text="red ball bounces")
+        kept, logits = [], []
+        for i, sec in enumerate(synthetic_seconds(CFG, (4, 4), seconds=14, seed=3)):
+            st.step([sec], force=[force[i]])
+            kept.append(st.hosts[0].retained()[0].tolist())
+            logits.append(st.last_prefill_logits[0])
+        runs[kv] = (kept, np.stack(logits), cache_bytes(CFG, scfg))
+    ref_kept, ref_logits, ref_bytes = runs["float32"]
+    scale = np.abs(ref_logits).max()
+    for kv, tol in (("bfloat16", 0.02), ("int8", 0.05)):
+        kept, logits, nbytes = runs[kv]
+        assert kept == ref_kept  # the policy never looks at K/V values
+        assert np.abs(logits - ref_logits).max() < tol * scale
+        assert nbytes < ref_bytes
+    assert runs["int8"][2] < runs["bfloat16"][2]
+    with pytest.raises(ValueError, match="kv_dtype must be one of"):
+        small(kv_dtype="int4")
