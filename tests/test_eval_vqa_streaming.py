@@ -122,3 +122,20 @@ def test_streaming_resume_after_a_kill_gives_the_same_file(params, tok, data, tm
     a = sorted((full / PREDICTIONS).read_text().splitlines())
     b = sorted((part / PREDICTIONS).read_text().splitlines())
     assert a == b
+
+
+def test_cli_streaming_mode(params, tok, data, tmp_path, capsys):
+    """LongVideoBench on the stream: both questions of the video are asked at its last second, in two lanes."""
+    import svlm_jax
+    from experiments.eval_vqa import main
+
+    ckpt = tmp_path / "ckpt"
+    svlm_jax.save(str(ckpt), CFG, params)
+    tok.tokenizer.save(str(ckpt / "tokenizer.json"))
+    out = tmp_path / "out"
+    assert main(["--bench", "lvb", "--data", data["lvb"], "--ckpt", str(ckpt), "--out", str(out), "--mode",
+                 "streaming", "--max-pixels", str(PX), "--vision-window", "4", "--no-progress"]) == 0
+    assert "LongVideoBench streaming overall:" in capsys.readouterr().out
+    recs = [json.loads(x) for x in (out / PREDICTIONS).read_text().splitlines()]
+    assert sorted(r["qid"] for r in recs) == ["lvb/q1", "lvb/q2"]
+    assert all(r["mode"] == "streaming" and r["second"] == 3 for r in recs)  # a 4-s video: last second is 3
