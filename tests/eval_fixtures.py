@@ -113,6 +113,8 @@ class ChatServer:
                 server.requests.append(body)
                 user = body["messages"][-1]["content"]
                 user = user if isinstance(user, str) else json.dumps(user)
+                if body["model"] == "no-temperature" and "temperature" in body:
+                    return self._send(400, b'{"error": {"message": "temperature is not supported"}}')
                 if not server.healed and "FAIL500" in user:
                     return self._send(500, b'{"error": {"message": "boom"}}')
                 if not server.healed and "GARBAGE" in user:

@@ -176,6 +176,17 @@ def test_failures_are_counted_and_nothing_judged_is_lost(tmp_path, server, capsy
     assert len([json.loads(x) for x in open(tmp_path / "run" / "judged.jsonl")]) == 4
 
 
+def test_a_400_for_temperature_falls_back_to_none_once(server):
+    from svlm_jax.eval.judges import OpenAIJudge
+
+    judge = OpenAIJudge("no-temperature", base_url=server.url, api_key="k", retries=0)
+    msgs = prompts.judge_messages("ref", "longer text", "short")
+    assert judge.ask(msgs) == "a" and judge.ask(msgs) == "a"
+    # The first question is sent with temperature 0 (400), then without; the second goes without at once.
+    assert ["temperature" in r for r in server.requests] == [True, False, False]
+    assert server.requests[0]["temperature"] == 0
+
+
 def test_bad_judge_spec_and_missing_files_are_one_line(files, capsys):
     root, clips, a, b = files
     assert eval_inf_streams.main(["judge", "--clips", clips, "--a", a, "--b", b, "--out", str(root / "r"),

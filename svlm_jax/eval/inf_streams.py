@@ -156,11 +156,13 @@ def plot_segments(segments: Sequence[Mapping], path: str, *, label: str = "A vs 
     """Win rate per segment of the games as bars with the 50% line (the paper's Fig. 8 shape) -> PNG."""
     from svlm_jax import figures
 
-    fig, ax = figures.subplots(figsize=(5, 3.2))
-    names = [f"{int(100 * s['lo'])}-{int(100 * s['hi'])}%" for s in segments]
-    ax.bar(names, [100 * s["win_rate"] for s in segments], color="#4C72B0")
-    for i, s in enumerate(segments):
-        ax.text(i, 100 * s["win_rate"] + 1 if s["windows"] else 1, f"n={s['windows']}", ha="center", fontsize=8)
+    fig, ax = figures.subplots(figsize=(6, 3.6))
+    x = list(range(len(segments)))
+    rates = [100 * g["win_rate"] if g["windows"] else 0.0 for g in segments]  # an empty segment: no bar
+    ax.bar(x, rates, color="#4C72B0")
+    ax.set_xticks(x, [f"{int(100 * g['lo'])}-{int(100 * g['hi'])}%" for g in segments])
+    for i, g in enumerate(segments):
+        ax.text(i, rates[i] + 1, f"n={g['windows']}", ha="center", va="bottom", fontsize=8)
     ax.axhline(50, color="gray", lw=1, ls="--")
     ax.set_ylim(0, 105)
     ax.set_xlabel("position in the game")

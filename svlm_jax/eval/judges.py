@@ -61,16 +61,20 @@ class OpenAIJudge:
                               "for a local server that ignores it).")
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self._no_temperature = False
         self.id = f"openai:{model}"
 
     def ask(self, messages: list[dict], choices: Sequence[str] | None = None, *, seed: int | None = None) -> str:
         """The reply text to `messages` (choices are the local judge's; ignored here). Raises JudgeError when
-        every attempt failed; the error names the last cause."""
+        every attempt failed; the error names the last cause.
+
+        A 400 while sending a temperature is retried at once without it (the original's fallback, not counted
+        as a retry); once that works, later questions go without temperature straight away.
+        """
         oa = self._openai
-        temperature, last = self.temperature, None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+        last, attempt, drop = None, 0, self._no_temperature
+        while attempt <= self.retries:
+            temperature = None if drop else self.temperature
             kw = {} if temperature is None else {"temperature": temperature}
             if seed is not None:
                 kw["seed"] = seed
@@ -79,11 +83,14 @@ class OpenAIJudge:
                 content = resp.choices[0].message.content
                 if content is not None and not isinstance(content, str):
                     raise TypeError(f"message content is a {type(content).__name__}")
+                if drop and self.temperature is not None:
+                    self._no_temperature = True  # the endpoint takes no temperature: skip the 400 next time
                 return content or ""
             except oa.BadRequestError as e:
                 if temperature is None:
                     raise JudgeError(f"the endpoint rejected the request: {_brief(e)}") from None
-                temperature, last = None, e  # the original retries without temperature
+                drop, last = True, e
+                continue
             except oa.APIStatusError as e:
                 if e.status_code not in (408, 409, 429) and e.status_code < 500:
                     raise JudgeError(f"the endpoint refused the request: {_brief(e)}") from None
@@ -92,6 +99,9 @@ class OpenAIJudge:
                 last = e
             except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:  # a 200 we cannot read
                 last = e
+            attempt += 1
+            if attempt <= self.retries:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
         raise JudgeError(f"no usable reply after {self.retries + 1} attempts; last: {_brief(last)}")
 
 
