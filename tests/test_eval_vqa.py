@@ -39,6 +39,7 @@ def write_ovo(root):
     """ovo_bench_new.json as released: MCQ records and forward-active records with test_info polls."""
     video(os.path.join(root, "src_videos", "a.mp4"), seconds=5)
     video(os.path.join(root, "src_videos", "b.mp4"), seconds=5, seed=1)
+    video(os.path.join(root, "src_videos", "c.mp4"), seconds=2, seed=3)
     recs = [
         {"id": 0, "task": "OCR", "video": "src_videos/a.mp4", "realtime": 3.0, "question": "What is written?",
          "options": ["cat", "dog", "red", "sun"], "gt": 1},
@@ -54,6 +55,7 @@ def write_ovo(root):
         {"id": 5, "task": "OJR", "video": "src_videos/missing.mp4", "realtime": 1.0, "question": "Q?",
          "options": ["x", "y"], "gt": 0},
         {"id": 6, "task": "XYZ", "video": "src_videos/a.mp4", "realtime": 1.0},
+        {"id": 7, "task": "ATR", "video": "c.mp4", "realtime": 2.0, "question": "Q?", "options": ["x", "y"], "gt": 1},
     ]
     with open(os.path.join(root, "ovo_bench_new.json"), "w") as f:
         f.write("[\n" + ",\n".join(json.dumps(r, indent=2) for r in recs) + "\n]\n")
@@ -152,7 +154,8 @@ def tok():
 def test_ovo_reader(data):
     r = read_bench("ovo", data["ovo"])
     qs = {q.qid: q for q in r.questions}
-    assert list(qs) == ["ovo/0", "ovo/1", "ovo/2/0", "ovo/2/1", "ovo/3/0", "ovo/3/1", "ovo/4/0", "ovo/4/1"]
+    assert list(qs) == ["ovo/0", "ovo/1", "ovo/2/0", "ovo/2/1", "ovo/3/0", "ovo/3/1", "ovo/4/0", "ovo/4/1", "ovo/7"]
+    assert qs["ovo/7"].video == os.path.join(data["ovo"], "src_videos", "c.mp4")  # found under src_videos/
     q = qs["ovo/0"]
     assert q.text == "What is written?\nA. cat\nB. dog\nC. red\nD. sun\nPlease select the correct answer."
     assert (q.answer, q.group, q.start, q.end, q.ask_at) == ("B", "realtime", 0.0, 3.0, 3.0)

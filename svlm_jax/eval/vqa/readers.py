@@ -6,7 +6,8 @@ questions in file order, the questions skipped because their video is missing, a
 
 Layouts (relative to the directory given):
   OVO-Bench       ovo_bench_new.json (the released list) or ovo-bench-formatted.jsonl (LiveCC's
-                  transfer_annotation_format.py output); videos at the record's `video` path.
+                  transfer_annotation_format.py output); videos at the record's `video` path, or under
+                  src_videos/.
   LongVideoBench  lvb_val.json; videos at videos/<video_path>.
   Video-MME       videomme/test-00000-of-00001.parquet (any *.parquet found under the directory);
                   videos at video/<videoID>.mp4 or data/<videoID>.mp4 (the released zips unpack to data/).
@@ -158,6 +159,13 @@ def _ovo_group(task: str) -> str:
     raise RecordError(f"unknown OVO-Bench task {task!r} (known: {', '.join(sum(P.OVO_GROUPS.values(), ()))})")
 
 
+def _ovo_video(root: str, video: str) -> str:
+    """A record's video: relative to the annotation's directory (as LiveCC joins it), else under src_videos/."""
+    path = os.path.join(root, video)
+    alt = os.path.join(root, "src_videos", video)
+    return alt if not os.path.exists(path) and os.path.exists(alt) else path
+
+
 def _ovo_mcq_text(question: str, options: list[str]) -> str:
     return question + "\n" + "\n".join(options) + P.OVO_MCQ_POSTFIX
 
@@ -172,7 +180,7 @@ def _ovo_raw(root: str) -> Callable[[Any, str], list[Question]]:
             group = _ovo_group(task)
         except RecordError as e:
             raise RecordError(f"{where}: {e}.") from None
-        video = os.path.join(root, str(rec["video"]))
+        video = _ovo_video(root, str(rec["video"]))
         base = f"ovo/{rec['id']}"
         if group != "forward":
             _need(rec, ("realtime", "question", "options", "gt"), where)
@@ -238,7 +246,7 @@ def _ovo_formatted(root: str) -> Callable[[Any, str], list[Question]]:
         else:
             options = tuple(str(o) for o in rec.get("options", ()))
             qid, text, truth = f"ovo/{rec['id']}", _ovo_mcq_text(str(rec["question"]), list(options)), {"letter": answer}
-        return [Question("ovo", qid, task, group, os.path.join(root, str(rec["video"])), start, end, text, answer,
+        return [Question("ovo", qid, task, group, _ovo_video(root, str(rec["video"])), start, end, text, answer,
                          options, ask_at=end, extra={"truth": truth})]
 
     return build
