@@ -1,0 +1,36 @@
+"""A session's transcript (each second's commentary and each answer) as WebVTT or JSON lines."""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+
+def vtt_time(t: float) -> str:
+    """Seconds -> WebVTT time stamp HH:MM:SS.mmm."""
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+def to_vtt(entries: Iterable[dict[str, Any]]) -> str:
+    """WebVTT: one cue per non-empty commentary; an answer is a cue "Q: question / A: answer" on its second."""
+    out = ["WEBVTT", ""]
+    for e in entries:
+        if e["type"] == "answer":
+            text = f"Q: {e['question']}\nA: {e['text']}"
+        elif e["text"]:
+            text = e["text"]
+        else:
+            continue  # a silent second
+        out += [f"{vtt_time(e['t0'])} --> {vtt_time(e['t1'])}", text.replace("-->", "->"), ""]
+    return "\n".join(out) + "\n"
+
+
+def to_jsonl(entries: Iterable[dict[str, Any]]) -> str:
+    """One JSON object per line: every commentary (silent ones included) and every answer, in order."""
+    return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+
+
+FORMATS = {"vtt": ("text/vtt; charset=utf-8", to_vtt), "jsonl": ("application/x-ndjson", to_jsonl)}
