@@ -239,11 +239,12 @@ class Engine:
         self.steps += 1
         self.metrics.step.observe(self.last_step_s)
         self.metrics.step_active.set(len(members))
+        lag_offset = (seconds[members[0].slot].fps - 1) / seconds[members[0].slot].fps  # last sample of a second
         for s in members:
             c = comments[s.slot]
             if c is None:
                 continue
-            lag = None if s.origin is None else round(now - (s.origin + c.t1), 4)
+            lag = None if s.origin is None else round(now - (s.origin + seconds[s.slot].t0 + lag_offset), 4)
             if lag is not None:
                 self.metrics.lag.observe(max(0.0, lag))
             s.seconds += 1

@@ -47,6 +47,12 @@ def make_second(index: int, frames: list[np.ndarray], fps: int, *, partial: bool
                   grid_thw=grid, partial=partial, num_real=len(frames) if num_real is None else num_real)
 
 
+def last_sample_time(second: Second) -> float:
+    """Video time of a second's last grid sample, t0 + (fps - 1) / fps: from then on the second is known,
+    so a live viewer's lag is measured from it."""
+    return second.t0 + (second.fps - 1) / second.fps
+
+
 class SecondAssembler:
     """Timestamped frames -> complete seconds, sampled on the 1/fps grid of each second.
 

@@ -19,8 +19,8 @@ class Session:
 
     Outgoing messages go through `send`, which any thread may call; the app's writer task drains `outbox`.
     `pending`, `pending_at` and `last_offer` belong to the engine and are read and written under its lock.
-    `origin` is the monotonic wall time of video second 0, so a second [t0, t1) has happened in real time
-    at origin + t1 and its lag is the time from then until its commentary is sent.
+    `origin` is the monotonic wall time of video second 0, so the last frame of a second [t0, t1) was live
+    at origin + t0 + (fps - 1) / fps, and its lag is the time from then until its commentary is sent.
     """
 
     _ids = itertools.count(1)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from svlm_jax.serve.frames import make_second
+from svlm_jax.serve.frames import last_sample_time, make_second
 from svlm_jax.video import VIDEO_MIN_PIXELS, FrameStream, Second, resize_frames
 
 
@@ -35,8 +35,8 @@ def preview_jpeg(frame: np.ndarray, quality: int = 70) -> bytes:
 
 class SourcePump:
     """A thread that reads `frames` (a FrameStream), resizes each second to frame_hw and hands it to
-    `deliver` no earlier than the moment it ends in real time (origin + t1), so a file plays at its own
-    speed and a live stream is never read ahead. `on_end(None)` when the source ends, `on_end(exc)` when
+    `deliver` no earlier than the moment its last frame is shown in real time (origin + t0 + (fps-1)/fps,
+    as a camera's would arrive), so a file plays at its own speed and a live stream is never read ahead. `on_end(None)` when the source ends, `on_end(exc)` when
     it fails. `origin` is the monotonic time of second 0 of the source.
     """
 
@@ -66,7 +66,7 @@ class SourcePump:
                 frames = resize_frames(sec.frames, *self.frame_hw)  # [fps, h, w, 3]
                 second = make_second(sec.index, list(frames), sec.fps, partial=sec.partial,
                                      num_real=sec.num_real)
-                wait = self.origin + (sec.t1 - self.frames.start) - self.clock()
+                wait = self.origin + (last_sample_time(sec) - self.frames.start) - self.clock()
                 if wait > 0 and self._stop.wait(wait):
                     return
                 if self._stop.is_set():
