@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-frame-kib", type=int, default=sc.max_frame_bytes >> 10, help="largest JPEG frame (2048)")
     ap.add_argument("--max-client-fps", type=float, default=sc.max_client_fps,
                     help="frames per second a session may send (16)")
-    ap.add_argument("--max-question-chars", type=int, default=sc.max_question_chars, help="(500)")
+    ap.add_argument("--max-question-chars", type=int, default=sc.max_question_chars, help="(200)")
     ap.add_argument("--max-upload-mib", type=int, default=sc.max_upload_bytes >> 20, help="largest upload (512)")
     ap.add_argument("--no-server-sources", action="store_true",
                     help="refuse server-side files and URLs (camera and uploads only)")
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--text-sink", type=int, default=d.text_sink, help="first tokens of older text kept (512)")
     ap.add_argument("--text-window", type=int, default=d.text_window, help="last tokens of older text kept (512)")
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens per second, at most (20)")
+    ap.add_argument("--question-tokens", type=int, default=48, help="room for a viewer's question, in tokens (48)")
+    ap.add_argument("--answer-tokens", type=int, default=32, help="tokens of an answer, at most (32)")
     ap.add_argument("--temperature", type=float, default=None, help=f"({SamplingConfig().temperature})")
     ap.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed (0)")
@@ -72,7 +74,8 @@ def build(a: argparse.Namespace):
     sampling = SamplingConfig.from_generation_config(a.ckpt, temperature=a.temperature or None,
                                                      greedy=a.greedy or a.temperature == 0)
     scfg = StreamConfig(vision_window=a.vision_window, text_sink=a.text_sink, text_window=a.text_window,
-                        max_new_tokens=a.max_new_tokens, vision_tokens=cfg.vision_tokens)
+                        max_new_tokens=a.max_new_tokens, vision_tokens=cfg.vision_tokens,
+                        question_tokens=a.question_tokens, answer_tokens=a.answer_tokens)
     tok = ChatTokenizer.from_dir(a.ckpt)
     model_cfg, params = svlm_jax.load(a.ckpt, a.dtype)
     st = Streamer(model_cfg, params, tok, scfg, sampling=sampling, batch=cfg.max_sessions, seed=a.seed,

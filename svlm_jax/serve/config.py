@@ -29,7 +29,7 @@ class ServerConfig:
     max_frame_bytes: int = 2 << 20
     max_message_bytes: int = 16 << 10
     max_client_fps: float = 16.0
-    max_question_chars: int = 500
+    max_question_chars: int = 200
     sessions_per_client: int = 2
     max_upload_bytes: int = 512 << 20
     keep_transcripts: int = 64

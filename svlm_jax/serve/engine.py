@@ -42,20 +42,15 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="svlm-engine", daemon=True)
 
     def warmup(self, second) -> float:
-        """Compile the step before serving; call before `start`. Returns the seconds it took.
-
-        The step's vision encoder batches the sessions that have a second, so its shapes depend on how
-        many do: one step for each count 1..B, in slots opened and closed again (opening resets a slot,
-        so nothing of the warmup stays visible).
-        """
+        """Compile the step before serving: one second in a slot opened and closed again (opening resets a
+        slot, so nothing of it stays visible). Call before `start`; returns the seconds it took. The step's
+        shapes depend on the frame size alone, not on how many sessions are active, so one second does."""
         t0 = self.clock()
-        slots = [self.st.open(stream_id=0) for _ in range(self.st.batch)]
+        slot = self.st.open(stream_id=0)
         try:
-            for k in range(1, self.st.batch + 1):
-                self.st.step([second if b < k else None for b in range(self.st.batch)])
+            self.st.step([second if b == slot else None for b in range(self.st.batch)])
         finally:
-            for slot in slots:
-                self.st.close(slot)
+            self.st.close(slot)
         return self.clock() - t0
 
     # ------------------------------------------------------------------ any thread

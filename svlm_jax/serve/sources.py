@@ -43,8 +43,8 @@ class SourcePump:
     def __init__(self, frames: FrameStream, frame_hw: tuple[int, int], deliver: Callable[[Second], None],
                  on_end: Callable[[BaseException | None], None], *, preview: Callable[[bytes], None] | None = None,
                  clock=time.monotonic):
-        self.frames, self.frame_hw, self.deliver, self.on_end, self.preview = frames, frame_hw, deliver, on_end, preview
-        self.clock = clock
+        self.frames, self.frame_hw, self.deliver, self.on_end = frames, frame_hw, deliver, on_end
+        self.preview, self.clock = preview, clock
         self.origin = clock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="svlm-source", daemon=True)

@@ -63,6 +63,8 @@ function onMessage(ev) {
     $("active").textContent = String(m.active);
   } else if (m.type === "answer") {
     addItem("answers", [["t", fmt(m.t0)], ["q", m.question + " → "], ["a", m.text || "(no answer)"]]);
+  } else if (m.type === "rejected") {
+    addItem("answers", [["t", "not asked"], ["q", m.question + " → "], ["a", m.message]]);
   } else if (m.type === "skipped") {
     $("skipped").textContent = String(m.total);
   } else if (m.type === "end") {
