@@ -35,7 +35,7 @@ def test_quick_reproduction_writes_every_table_and_resumes(tmp_path):
         assert len(r["segments"]) == 5 and r["cost"]["peak_cache_bytes"] > 0
         assert r["reached"] == r["seconds"] or r["stopped"]  # full attention may stop at its memory cap
         assert sum(s["events"] for s in r["segments"]) == r["score"]["events"] > 0
-    assert len(data["claims"]) == 6 and all(isinstance(c["holds"], bool) for c in data["claims"])
+    assert len(data["claims"]) == 6 and all(c["holds"] in (True, False, None) for c in data["claims"])
     for c in data["claims"]:
         assert c["claim"] in first.stdout and c["paper"] in first.stdout
     assert os.path.getsize(tmp_path / "figures" / "reproduction_segments_quick.png") > 0
