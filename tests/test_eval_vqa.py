@@ -1,6 +1,7 @@
 """Video QA evaluation: readers on fixtures in each benchmark's released layout, the original's frame
 sampling, offline option scoring on a model whose head is rigged so the answer is known, scores, resume
 after a kill, and the command line."""
+import functools
 import json
 import os
 
@@ -295,11 +296,17 @@ def rig_head(params, hidden, scores):
     return {**params, "lm_head": {"kernel": w.astype(np.float32)}}
 
 
-@pytest.fixture(scope="module")
-def params():
+@functools.lru_cache(maxsize=1)
+def tiny_params():
+    """One random model per process, shared by both Video QA test modules (jitted: eager init is slower)."""
     import jax
 
-    return jax.jit(lambda k: init_params(CFG, k))(jax.random.key(0))  # jitted: eager init is twice as slow
+    return jax.jit(lambda k: init_params(CFG, k))(jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return tiny_params()
 
 
 def hidden_states(params, prompts):
