@@ -98,3 +98,62 @@ def test_sessions_join_and_leave_without_changing_others_or_compiling(params, to
         assert got[n] == _solo(params, tok, n, scfg), f"session {n} differs in the batch and alone"
     assert got["a"][3][1] is not None and got["c"][2][1] is not None  # the questions were answered
     assert len({tuple(t for t, _ in g) for g in got.values()}) == 4  # the sessions really differ
+
+
+def _forward_check(params, st, b, c, secs, tok):  # noqa: F811
+    """Streamed logits of slot b's last turn vs forward() on the host's retained sequence for that slot."""
+    ids, _, _ = st.hosts[b].retained()
+    ids = ids.tolist()
+    n_vis = [int(np.prod(s.grid_thw[0])) // 4 for s in secs]
+    kept, pads = [], ids.count(tok.video_pad)
+    for s, n in zip(reversed(secs), reversed(n_vis)):  # the vision blocks retained are the last seconds'
+        if pads <= 0:
+            break
+        kept.insert(0, s)
+        pads -= n
+    assert pads == 0
+    ref = np.asarray(forward(CFG, params, np.asarray([ids]),
+                             pixel_values_videos=np.concatenate([s.pixel_values for s in kept]),
+                             video_grid_thw=np.concatenate([s.grid_thw for s in kept]),
+                             second_per_grid_ts=[s.second_per_grid_ts for s in kept], time_mode="float"))[0]
+    p = len(ids) - c.n_tokens  # the prefill's last token: the turn's first pick reads its logits
+    k = c.n_tokens + (len(c.tokens) < st.scfg.max_new_tokens)  # one pick per written token, and the stop's
+    d0 = float(np.max(np.abs(st.last_prefill_logits[b] - ref[p - 1])))
+    d = float(np.max(np.abs(st.last_logits[b, :k] - ref[p - 1:p - 1 + k])))
+    return ids, p, max(d0, d)
+
+
+@pytest.mark.parametrize("mode,window,at", [("streaming", 4, 1), ("recompute", 1, 2)])
+def test_question_mid_stream_answer_logits_match_forward(params, tok, mode, window, at):  # noqa: F811
+    """The question enters that second's user turn; the logits of its answer (after the prefix) and of the
+    commentary after it equal forward() on the retained sequence; the stream then goes on commentating."""
+    scfg = small(vision_window=window, **QA)
+    st = Streamer(CFG, params, tok, scfg, sampling=GREEDY, batch=2, mode=mode, keep_logits=True,
+                  previous_text=["red ball", None], query=[DEFAULT_QUERY, "goal"])
+    secs = [list(synthetic_seconds(CFG, (4, 4), seconds=at + 2, start=10.0 * b, seed=30 + b)) for b in range(2)]
+    if mode == "recompute":  # the question comes after evictions: older commentary is in the sequence
+        assert at > window
+    question, prefix = "what ball", " red"
+    for t in range(at + 2):
+        if t == at:
+            st.ask(1, question, max_new_tokens=2, answer_prefix=prefix)
+        out = st.step([secs[0][t], secs[1][t]])
+        c = out[1]
+        if t == at:
+            assert c.question == question and isinstance(c.answer, str) and len(c.answer_tokens) <= 2
+            assert out[0].question is None  # the other session never sees it
+            ids, p, diff = _forward_check(params, st, 1, c, secs[1][:t + 1], tok)
+            print(f"{mode}: answer logits vs forward, max |diff| = {diff:.2e}")
+            assert diff <= 1e-4
+            sec = secs[1][t]
+            rnd = build_round(tok, sec.t0, sec.t1, 4, question=question_text(question, False))
+            turn = rnd.prompt + tok.encode(prefix)
+            assert ids[p - len(turn):p] == turn  # the question sits in this second's user turn, prefix after
+            written = ids[p:]
+            assert written[:len(c.answer_tokens)] == list(c.answer_tokens)
+            if len(c.answer_tokens) < len(written):  # the answer ended with "\n" (forced at the 2-token limit)
+                assert written[len(c.answer_tokens)] == tok.encode("\n")[0]
+                assert written[len(c.answer_tokens) + 1:] == list(c.tokens)
+        else:
+            assert c.question is None and c.answer is None and c.answer_tokens == ()
+    assert c.index == at + 1 and st.hosts[1].second == at + 2  # commentary went on after the question
