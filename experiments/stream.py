@@ -3,7 +3,9 @@
     python -m experiments.stream --ckpt DIR --video FILE_OR_URL [--vtt out.vtt] [--jsonl] [options]
 
 Prints each second's commentary as it comes (`[12.0-13.0s] text`; silent seconds print nothing), or with
---jsonl one JSON line per second: t0, t1, text and the vision / prefill / decode milliseconds. --vtt
+--jsonl one JSON line per second: t0, t1, text and the vision / prefill / decode milliseconds. `--ask
+"T:question"` (repeatable) asks a question mid-stream: it goes into the user turn of the second holding
+video time T, and its answer is printed (`[T0-T1s] Q: ... A: ...`; "question"/"answer" in JSON). --vtt
 writes WebVTT cues as they come. Bad input (missing or broken video, unreachable URL, a checkpoint or
 tokenizer that does not fit, a StreamConfig too small for the prompt) is reported in one line. A stream
 that ends inside a second, or Ctrl-C, flushes what was already said.
@@ -51,8 +53,11 @@ class Outputs:
         self.count += 1
         if self.jsonl:
             print(json.dumps(c.to_json(), ensure_ascii=False), file=self.out, flush=True)
-        elif c.text:
-            print(f"[{c.t0:.1f}-{c.t1:.1f}s] {c.text}", file=self.out, flush=True)
+        else:
+            if c.question is not None:
+                print(f"[{c.t0:.1f}-{c.t1:.1f}s] Q: {c.question} A: {c.answer}", file=self.out, flush=True)
+            if c.text:
+                print(f"[{c.t0:.1f}-{c.t1:.1f}s] {c.text}", file=self.out, flush=True)
         if self.vtt is not None and c.text:
             self.vtt.write(f"{vtt_time(c.t0)} --> {vtt_time(c.t1)}\n{c.text}\n\n")
             self.vtt.flush()
@@ -64,11 +69,29 @@ class Outputs:
             self.vtt = None
 
 
-def run(streamer: Streamer, seconds: Iterable, outputs: Outputs) -> int:
-    """Stream `seconds` through `streamer` into `outputs`; returns the exit code. Always closes the outputs."""
+def parse_ask(text: str) -> tuple[float, str]:
+    """'T:question' -> (T, question): a question for the second that holds video time T (seconds)."""
+    t, sep, q = text.partition(":")
     try:
-        for c in streamer.run(seconds):
-            outputs.write(c)
+        at = float(t)
+    except ValueError:
+        at = float("nan")
+    if not sep or not q.strip() or not at >= 0:
+        raise argparse.ArgumentTypeError(f"--ask takes 'T:question' with T in seconds >= 0, got {text!r}")
+    return at, q.strip()
+
+
+def run(streamer: Streamer, seconds: Iterable, outputs: Outputs, asks: Iterable[tuple[float, str]] = ()) -> int:
+    """Stream `seconds` through `streamer` into `outputs`; returns the exit code. Always closes the outputs.
+
+    asks: (T, question) pairs; each is asked in the first second that ends after video time T.
+    """
+    pending = sorted(asks)
+    try:
+        for sec in seconds:
+            while pending and float(sec.t1) > pending[0][0]:
+                streamer.ask(0, pending.pop(0)[1])
+            outputs.write(streamer.step([sec])[0])
         return 0
     except KeyboardInterrupt:
         print(f"interrupted after {outputs.count} s; what was said is flushed.", file=sys.stderr)
@@ -130,6 +153,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a URL (10)")
     ap.add_argument("--vtt", default=None, help="write WebVTT cues to this file")
     ap.add_argument("--jsonl", action="store_true", help="print one JSON line per second")
+    ap.add_argument("--ask", type=parse_ask, action="append", default=[], metavar="T:QUESTION",
+                    help="ask QUESTION in the second holding video time T (repeatable)")
+    ap.add_argument("--question-tokens", type=int, default=32, help="room for a question, with --ask (32)")
+    ap.add_argument("--answer-tokens", type=int, default=16, help="answer tokens at most, with --ask (16)")
     return ap.parse_args(argv)
 
 
@@ -167,6 +194,8 @@ def _main(a: argparse.Namespace) -> int:
         base = StreamConfig(vision_window=a.vision_window, text_sink=a.text_sink, text_window=a.text_window,
                             max_new_tokens=a.max_new_tokens, query_tokens=a.query_tokens, keep_query=a.keep_query,
                             pos_mode=a.pos_mode)
+        if a.ask:  # room for questions and answers in every row, only when asked for
+            base = base.replace(question_tokens=a.question_tokens, answer_tokens=a.answer_tokens)
         tok = ChatTokenizer.from_dir(a.ckpt)
         stop_ids = stop_ids_for(tok, a.ckpt)
         cfg, params = svlm_jax.load(a.ckpt, a.dtype, quant=a.quant)
@@ -194,7 +223,7 @@ def _main(a: argparse.Namespace) -> int:
         except (ValueError, OSError, CacheFull) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        return run(streamer, itertools.chain([first], frames), outputs)
+        return run(streamer, itertools.chain([first], frames), outputs, a.ask)
     finally:
         frames.close()
 

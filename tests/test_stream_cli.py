@@ -120,3 +120,17 @@ def test_generation_config_sets_top_k_and_stops(files, tmp_path, capsys):
     greedy = texts(ckpt, SMALL)
     assert texts(stock, sampled) == greedy
     assert texts(ckpt, sampled + ["--top-k", "0", "--seed", "1"]) != greedy  # sampling really samples
+
+
+def test_ask_a_question_mid_stream(files, capsys):
+    """--ask T:question goes into the second holding T; its answer comes back with that second, then commentary
+    goes on; a malformed --ask is refused by the parser."""
+    _, ckpt, video = files
+    assert main(["--ckpt", ckpt, "--video", video, "--jsonl", "--ask", "1.5:red ball"] + SMALL) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x.get("question") for x in lines] == [None, "red ball", None]
+    assert isinstance(lines[1]["answer"], str) and "answer" not in lines[2]
+    assert main(["--ckpt", ckpt, "--video", video, "--ask", "0:red"] + SMALL) == 0
+    assert capsys.readouterr().out.startswith("[0.0-1.0s] Q: red A: ")
+    with pytest.raises(SystemExit):
+        main(["--ckpt", ckpt, "--video", video, "--ask", "soon:red"])
