@@ -479,6 +479,7 @@ class Streamer:
         self._check_budget(scfg)
         self.scfg = scfg
         self.hosts = [self._new_host(b) for b in range(self.batch)]
+        self._tables_memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # idle slots' tables
         self.cache = jax.device_put(init_cache(self.cfg, scfg, self.batch, self.cache_dtype), self.device)
         self._window_pixels: list[list[tuple[np.ndarray, tuple[int, ...]] | None]] = [
             [None] * scfg.vision_window for _ in range(self.batch)]
@@ -522,6 +523,7 @@ class Streamer:
         self._questions[slot].clear()
         if self.cache is not None:
             self.hosts[slot] = self._new_host(slot)
+            self._tables_memo.pop(slot, None)
             self._window_pixels[slot] = [None] * self.scfg.vision_window
         sid = slot if stream_id is None else int(stream_id)
         self.keys = _reseed(self.keys, np.int32(slot), np.uint32(self.seed), np.int32(sid))
@@ -535,6 +537,7 @@ class Streamer:
         self._questions[slot].clear()
         if self.cache is not None:
             self.hosts[slot] = self._new_host(slot)
+            self._tables_memo.pop(slot, None)
 
     def ask(self, slot: int, question: str, *, max_new_tokens: int | None = None, answer_prefix: str = "") -> None:
         """Queue a viewer's question for the next second that `slot` is stepped with a frame.
@@ -592,6 +595,7 @@ class Streamer:
                                  tokens=jnp.pad(c.tokens, ((0, 0), (0, pad)), constant_values=-1))
         for h in self.hosts:
             h.grow(scfg)
+        self._tables_memo.clear()
         for w in self._window_pixels:
             w.extend([None] * (scfg.vision_window - len(w)))
         self.scfg = scfg
@@ -762,8 +766,15 @@ class Streamer:
         pos = np.empty((b, lay.size, 3), np.float32)
         toks = np.empty((b, lay.size), np.int32)
         for i, p in enumerate(plans):
-            # The host tables mirror the device's, so an idle stream just gets its own back.
-            orders[i], pos[i], toks[i] = self.hosts[i].tables()
+            # The host tables mirror the device's, so an idle stream just gets its own back (computed once
+            # per idle stretch: a free slot costs a copy of its empty tables, no sorting).
+            if p is None:
+                if i not in self._tables_memo:
+                    self._tables_memo[i] = self.hosts[i].tables()
+                orders[i], pos[i], toks[i] = self._tables_memo[i]
+            else:
+                self._tables_memo.pop(i, None)  # it changes this second
+                orders[i], pos[i], toks[i] = self.hosts[i].tables()
             if p is not None:
                 k = p.move_src.size
                 src[i, :k], dst[i, :k] = p.move_src, p.move_dst
