@@ -157,3 +157,27 @@ def test_question_mid_stream_answer_logits_match_forward(params, tok, mode, wind
         else:
             assert c.question is None and c.answer is None and c.answer_tokens == ()
     assert c.index == at + 1 and st.hosts[1].second == at + 2  # commentary went on after the question
+
+
+def test_session_and_question_errors_are_clear(params, tok):  # noqa: F811
+    st = Streamer(CFG, params, tok, small(), batch=2)
+    with pytest.raises(ValueError, match="question_tokens is 0 and answer_tokens is 0"):
+        st.ask(0, "red ball")
+    st = Streamer(CFG, params, tok, small(**QA), batch=2)
+    with pytest.raises(ValueError, match="Slot 1 holds a session; close it first"):
+        st.open(1)
+    with pytest.raises(ValueError, match="slot must be an int in 0..1, got 2"):
+        st.close(2)
+    st.close(1)
+    with pytest.raises(ValueError, match="Slot 1 holds no session; open it before asking"):
+        st.ask(1, "red")
+    with pytest.raises(ValueError, match="which holds no session"):
+        st.step(list(synthetic_seconds(CFG, seconds=2)))
+    with pytest.raises(ValueError, match="question_tokens is 12; shorten it"):
+        st.ask(0, " ".join(["red"] * 13))
+    with pytest.raises(ValueError, match="must fit StreamConfig.answer_tokens 5"):
+        st.ask(0, "red", answer_prefix="red ball", max_new_tokens=4)
+    with pytest.raises(ValueError, match="query_tokens is 8"):
+        st.open(query=" ".join(["ball"] * 9))
+    assert st.free_slots == [1]  # a refused open takes no slot
+    assert st.open() == 1 and st.free_slots == []
