@@ -9,7 +9,10 @@ Each second of each stream:
   5. `generate` samples up to `max_new_tokens` inside one `lax.while_loop`, stopping at `<|im_end|>`.
 Every step donates the cache and has static shapes, so nothing recompiles after the first second.
 
-`Streamer` drives B streams in lock step and returns one `Comment` per stream per second. Modes:
+`Streamer` drives B streams in lock step and returns one `Comment` per stream per second. Its B streams are
+slots: sessions open and close at any second (`open`, `close`) and take questions mid-stream (`ask`: the
+question joins the next second's user turn, the turn answers it, then commentates), all on the same
+compiled steps. Modes:
   streaming  the StreamingVLM policy (sinks, vision window, text window);
   sliding    the same window without the text sink;
   full       no eviction: the cache grows (doubling) up to `max_cache_bytes`, then `CacheFull`;
