@@ -1,17 +1,19 @@
-"""SFT over overlapped chunks (StreamingVLM's recipe), end to end.
+"""SFT on StreamingVLM's pre-chunked samples (the original's recipe), end to end.
 
 With no arguments it runs the embedded demo on a CPU in a few minutes: it writes a synthetic
-commentary dataset (shapes that enter, bounce and leave, narrated word by word), trains a tiny
-model from scratch on 8-second chunks overlapping by 4, prints the loss against the unigram
-baseline, then streams the trained model over a held-out 5-minute video and scores how often it
-names the events.
+commentary dataset (shapes that enter, bounce and leave, narrated word by word), cuts it with the
+chunker into 8-second samples overlapping by 4 (one JSONL line each, like the released files), trains
+a tiny model from scratch, prints the loss against the unigram baseline, then streams the trained
+model over a held-out 5-minute video and scores how often it names the events.
 
     python -m experiments.train                         # the demo, into runs/default
-    python -m experiments.train --init ckpt/streamingvlm --data train_s12w24_with_seeks.jsonl \\
-        --video-root /data/Inf-Stream-Train --out runs/sft --batch-size 8 --accum 64 --fsdp 8
+    python -m experiments.train --init ckpt/streamingvlm --data train_s12w24_with_seeks.jsonl:2 \\
+        --data train_livecc_with_seeks.jsonl --video-root /data/Inf-Stream-Train --out runs/sft \\
+        --batch-size 8 --accum 64 --fsdp 8
 
-With --data the defaults become the reference recipe (24/12-s chunks, 512/512 previous-text tokens,
-lr 1e-5 with 3% warmup, frozen vision, bf16 compute). Rerunning a command resumes from its --out.
+With --data every line is one sample, used whole (FILE:N lists a file N times); the defaults become
+the original's recipe (training template, 512/512 previous-text block, the original's frames, lr 1e-5
+with 3% warmup, frozen vision, bf16 compute). Rerunning a command resumes from its --out.
 See docs/TRAINING.md for every flag and for multi-host launches.
 """
 from __future__ import annotations
@@ -28,13 +30,18 @@ import time
 
 # Recipes: what an unset flag means with --data (the reference) and without it (the synthetic demo).
 REFERENCE = dict(preset="7b", steps=3000, batch_size=8, accum=64, lr=1e-5, warmup_ratio=0.03, weight_decay=0.0,
-                 freeze="visual", dtype="bfloat16", window=24, overlap=12, text_sink=512, text_window=512,
+                 freeze="visual", dtype="bfloat16", text_sink=512, text_window=512, template="training",
+                 frames="original", resize="torchvision",
                  min_pixels=100 * 28 * 28, max_pixels=768 * 28 * 28, eval_every=100, save_every=20,
                  eval_batches=8, workers=4, max_seq_len=32768)
 DEMO = dict(preset="tiny", steps=700, batch_size=8, accum=1, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
-            freeze="none", dtype="float32", window=8, overlap=4, text_sink=32, text_window=32,
+            freeze="none", dtype="float32", text_sink=32, text_window=32, template="inference", frames="grid",
+            resize="torchvision",
             min_pixels=56 * 56, max_pixels=56 * 56, eval_every=100, save_every=100, eval_batches=4, workers=1,
             max_seq_len=1024)
+
+
+DEMO_CHUNK = (8, 4)  # the demo's samples: 8-s windows every 4 s, cut by the chunker when the set is written
 
 
 def demo_model_config():
@@ -59,20 +66,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="training JSONL in the reference format (default: write the synthetic demo set)")
-    g.add_argument("--val-data", help="validation JSONL (default: --val-fraction of the training videos)")
+    g.add_argument("--data", action="append",
+                   help="training JSONL, one sample per line used whole; FILE:N lists it N times; repeat the flag "
+                        "to mix files (default: write the synthetic demo set)")
+    g.add_argument("--val-data", action="append", help="validation JSONL, as --data (default: --val-fraction)")
     g.add_argument("--val-fraction", type=float, default=0.01, help="videos held out for eval without --val-data")
     g.add_argument("--video-root", help="directory relative video paths are joined to (default: the JSONL's)")
     g.add_argument("--tokenizer", help="tokenizer.json or its directory (default: the --init checkpoint's)")
-    g.add_argument("--window", type=int, help="chunk length in seconds (reference 24)")
-    g.add_argument("--overlap", type=int, help="chunk overlap in seconds (reference 12)")
+    g.add_argument("--window", type=int, help="re-chunk long lines into W-s samples first (off: each line is one "
+                                              "sample, as the original; see experiments.chunk_data)")
+    g.add_argument("--overlap", type=int, help="overlap of re-chunked samples in seconds (with --window)")
     g.add_argument("--min-words-per-second", type=float, default=2.0, help="keep chunks with >= this * window words")
-    g.add_argument("--text-sink", type=int, help="previous-text tokens kept from its start (reference 512)")
-    g.add_argument("--text-window", type=int, help="previous-text tokens kept from its end (reference 512)")
+    g.add_argument("--text-sink", type=int, help="previous-text block tokens kept from its start, header included "
+                                                 "(the original's 512)")
+    g.add_argument("--text-window", type=int, help="previous-text block tokens kept from its end, footer included "
+                                                   "(the original's 512)")
+    g.add_argument("--template", choices=["training", "inference"],
+                   help="round template: the original's training one, or the one it streams with")
+    g.add_argument("--frames", choices=["original", "grid"],
+                   help="frame picking: the original's (frames that end in the clip) or the frame shown at each "
+                        "1/fps grid time")
+    g.add_argument("--resize", choices=["torchvision", "pil"], help="bicubic resize: torchvision antialias or PIL")
     g.add_argument("--fps", type=int, default=2, help="frames per second fed to the model")
     g.add_argument("--min-pixels", type=int, help="per-frame pixel floor for smart_resize")
     g.add_argument("--max-pixels", type=int, help="per-frame pixel budget for smart_resize")
-    g.add_argument("--max-seq-len", type=int, help="longest sample in tokens; longer chunks are skipped")
+    g.add_argument("--max-seq-len", type=int, help="longest sample in tokens; longer samples are skipped")
     g.add_argument("--workers", type=int, help="Grain worker processes that decode video")
     m = p.add_argument_group("model")
     m.add_argument("--init", help="svlm-jax checkpoint to fine-tune (converters/hf_to_jax makes one)")
@@ -113,6 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, k, v)
     if args.demo and args.init:
         p.error("--init needs --data: the synthetic demo trains a tiny model from scratch.")
+    if (args.window is None) != (args.overlap is None):
+        p.error("--window and --overlap go together: pass both to re-chunk lines, or neither to use them whole.")
     return args
 
 
@@ -139,20 +159,33 @@ def _check_resume(args, out: str) -> None:
 
 
 def _split_by_video(records, fraction: float, seed: int):
-    videos = sorted({r.video for r in records})
+    """Hold out whole videos (overlapping samples of one video stay on one side); lazy lines by index."""
+    key = [getattr(r, "video", None) or f"{r.path}@{r.offset}" for r in records]
+    videos = sorted(set(key))
     n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
     held = set(random.Random(seed).sample(videos, n_val))
-    return [r for r in records if r.video not in held], [r for r in records if r.video in held]
+    return [r for r, k in zip(records, key) if k not in held], [r for r, k in zip(records, key) if k in held]
 
 
-def unigram_baseline(chunks, tok, sample_cfg, limit: int = 2000) -> float:
-    """Entropy (nats/token) of the labelled tokens of up to `limit` chunks: the best loss without context."""
-    from svlm_jax.data.sample import tokenize_chunk
+def unigram_baseline(items, tok, sample_cfg, limit: int = 2000) -> float:
+    """Entropy (nats/token) of the labelled tokens of up to `limit` samples: the best loss without context.
+
+    A whole line's rounds are taken as its whole seconds (its frames are not read here).
+    """
+    from svlm_jax.data.format import Record, RecordError
+    from svlm_jax.data.sample import record_to_chunk, tokenize_chunk
     from svlm_jax.train.loop import unigram_entropy
 
     counts: collections.Counter = collections.Counter()
-    step = max(1, len(chunks) // limit)
-    for c in chunks[::step]:
+    step = max(1, len(items) // limit)
+    for c in items[::step]:
+        if hasattr(c, "load") and not isinstance(c, Record):
+            try:
+                c = c.load()
+            except (RecordError, OSError):
+                continue
+        if isinstance(c, Record):
+            c = record_to_chunk(c, max(1, int(c.end - c.start + 1e-6)), sample_cfg.fps)
         ids, mask = tokenize_chunk(tok, c, 0, sample_cfg)
         counts.update(ids[mask].tolist())
     return unigram_entropy(counts)
@@ -167,16 +200,19 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
     from svlm_jax.video import FrameStream
 
     events = load_events(paths["stream_events"])
-    scfg = StreamConfig(vision_window=min(16, args.window), text_sink=args.text_sink, text_window=args.text_window,
-                        max_new_tokens=12, vision_tokens=64, round_tokens=40, query_tokens=0)
+    scfg = StreamConfig(vision_window=min(16, args.window or DEMO_CHUNK[0]), text_sink=args.text_sink,
+                        text_window=args.text_window, max_new_tokens=12, vision_tokens=64, round_tokens=40,
+                        query_tokens=0)
     streamer = Streamer(cfg, params, tok, scfg, sampling=SamplingConfig(greedy=True), query=None)
     comments = []
     t0 = time.time()
     vtt = os.path.join(args.out, "stream_eval.vtt")
     subtitles = Outputs(jsonl=False, vtt_path=vtt, out=io.StringIO())
     try:
-        with FrameStream(paths["stream_video"], fps=args.fps, min_pixels=args.min_pixels,
-                         max_pixels=args.max_pixels) as frames:
+        # Frames picked as in training (the demo's "grid"), so the model streams what it learned on.
+        with FrameStream(paths["stream_video"], fps=args.fps, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                         sampling=getattr(args, "frames", "grid"),
+                         resize=getattr(args, "resize", "torchvision")) as frames:
             for c in streamer.run(frames):
                 comments.append((c.t0, c.text))
                 subtitles.write(c)
@@ -189,7 +225,7 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
     with open(os.path.join(args.out, "stream_eval.jsonl"), "w") as f:
         for (t, text) in comments:
             f.write(json.dumps({"t0": t, "text": text}) + "\n")
-    log(f"Streamed {len(comments)} s of held-out video ({len(comments) / args.window:.1f}x a training chunk) "
+    log(f"Streamed {len(comments)} s of held-out video ({len(comments) / DEMO_CHUNK[0]:.1f}x a training sample) "
         f"in {seconds:.1f} s; transcript in {args.out}/stream_eval.jsonl. Watch it: play {paths['stream_video']} "
         f"with {vtt} as subtitles.")
     for t, text in comments[:12]:
@@ -215,7 +251,8 @@ def main(argv=None) -> int:
     from svlm_jax import ModelConfig, init_params, param_shapes
     from svlm_jax.data import synthetic
     from svlm_jax.data.chunker import ChunkConfig, chunk_records
-    from svlm_jax.data.format import read_jsonl
+    from svlm_jax.data.format import Record, RecordError
+    from svlm_jax.data.mix import DataSpec, load_mix
     from svlm_jax.data.pipeline import PipelineConfig, eval_dataset, shard_chunks, train_dataset
     from svlm_jax.data.sample import BatchShapes, SampleConfig, geometric_buckets
     from svlm_jax.tokenizer import ChatTokenizer
@@ -243,10 +280,13 @@ def main(argv=None) -> int:
     if args.demo:
         t = time.time()
         spec = synthetic.SyntheticSpec(seed=args.seed)
-        paths = synthetic.write_dataset(os.path.join(args.out, "data"), spec, cfg)
+        chunking = ChunkConfig(window=DEMO_CHUNK[0], overlap=DEMO_CHUNK[1],
+                               min_words_per_second=args.min_words_per_second)
+        paths = synthetic.write_dataset(os.path.join(args.out, "data"), spec, cfg, chunk=chunking)
         log(f"Synthetic dataset in {args.out}/data: {spec.train_videos} train + {spec.val_videos} val videos of "
-            f"{spec.video_seconds} s, one {spec.stream_seconds}-s held-out stream ({time.time() - t:.1f} s)")
-        train_path, val_path, tok_path = paths["train"], paths["val"], paths["tokenizer"]
+            f"{spec.video_seconds} s cut into {DEMO_CHUNK[0]}-s samples every {DEMO_CHUNK[0] - DEMO_CHUNK[1]} s, one "
+            f"{spec.stream_seconds}-s held-out stream ({time.time() - t:.1f} s)")
+        train_path, val_path, tok_path = [paths["train_chunks"]], [paths["val_chunks"]], paths["tokenizer"]
     else:
         train_path, val_path = args.data, args.val_data
         tok_path = args.tokenizer or args.init
@@ -256,23 +296,36 @@ def main(argv=None) -> int:
     tok.check_model(cfg)
 
     # ---------------------------------------------------------------- data
-    records, report = read_jsonl(train_path, args.video_root)
-    log(report.summary())
+    items = load_mix([DataSpec.parse(a) for a in train_path], args.video_root, log=log)
     if val_path:
-        val_records, vrep = read_jsonl(val_path, args.video_root)
-        log(vrep.summary())
+        val_items = load_mix([DataSpec.parse(a) for a in val_path], args.video_root, log=log)
     else:
-        records, val_records = _split_by_video(records, args.val_fraction, args.seed)
-    ccfg = ChunkConfig(window=args.window, overlap=args.overlap, min_words_per_second=args.min_words_per_second)
-    chunks, val_chunks = chunk_records(records, ccfg), chunk_records(val_records, ccfg)
-    if not chunks:
-        raise SystemExit(f"No training chunks: no record of {train_path} has {args.window}-s windows with "
-                         f"{args.min_words_per_second * args.window:g} words; check the data or --min-words-per-second.")
+        items, val_items = _split_by_video(items, args.val_fraction, args.seed)
+    if args.window:  # explicit re-chunking of long lines (the original uses every line whole)
+        ccfg = ChunkConfig(window=args.window, overlap=args.overlap, min_words_per_second=args.min_words_per_second)
+
+        def records(xs):
+            out = []
+            for x in xs:
+                try:
+                    out.append(x if isinstance(x, Record) else x.load())
+                except (RecordError, OSError):
+                    continue
+            return out
+
+        items, val_items = chunk_records(records(items), ccfg), chunk_records(records(val_items), ccfg)
+    if not items:
+        raise SystemExit(f"No training samples in {', '.join(train_path)}"
+                         + (f" with {args.window}-s windows of {args.min_words_per_second * args.window:g} words; "
+                            "check the data or --min-words-per-second." if args.window else "; check the data."))
     scfg = SampleConfig(text_sink=args.text_sink, text_window=args.text_window, fps=args.fps,
-                        min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_seq_len=args.max_seq_len)
-    baseline = unigram_baseline(chunks, tok, scfg)
-    log(f"{len(chunks)} training chunks, {len(val_chunks)} eval chunks ({args.window}-s windows, {args.overlap}-s "
-        f"overlap); unigram baseline of the labels: {baseline:.4f} nats/token")
+                        min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_seq_len=args.max_seq_len,
+                        template=args.template, frames=args.frames, resize=args.resize)
+    baseline = unigram_baseline(items, tok, scfg)
+    what = f"{args.window}-s chunks, {args.overlap}-s overlap" if args.window else "one per line, used whole"
+    log(f"{len(items)} training samples, {len(val_items)} eval samples ({what}; {args.template} template); "
+        f"unigram baseline of the labels: {baseline:.4f} nats/token")
+    chunks, val_chunks = items, val_items
 
     mesh = make_mesh(args.data_parallel, args.fsdp)
     check_batch_size(args.batch_size, mesh)
@@ -317,7 +370,7 @@ def main(argv=None) -> int:
             if it is not None and hasattr(it, "close"):
                 it.close()
     if res.skipped:
-        log(f"Chunks skipped while loading: {dict(res.skipped)}")
+        log(f"Samples skipped while loading: {dict(res.skipped)}")
     if res.interrupted:
         return 130
     log(f"Final train loss {res.train_loss:.4f}, eval loss "

@@ -35,7 +35,7 @@ def test_validator_skips_and_counts_bad_records(tmp_path):
     words = [[0.1, 0.4, "kick"], [0.4, 0.9, "off"]]
     lines = [
         record_to_json("good.mp4", 0, 10, words),
-        record_to_json("good.mp4", 0, 10, [[0.5, 0.2, "backwards"]]),  # ends before it starts
+        record_to_json("good.mp4", 0, 10, [[0.5, 0.2, "backwards"]]),  # ends before it starts: kept, counted
         record_to_json("good.mp4", 0, 10, [[-1.0, 0.2, "early"]]),  # negative time
         record_to_json("missing.mp4", 0, 10, words),
         record_to_json("empty.mp4", 0, 10, words),
@@ -45,12 +45,13 @@ def test_validator_skips_and_counts_bad_records(tmp_path):
     text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n" + json.dumps({"role": "user"}) + "\n"
     (tmp_path / "a.jsonl").write_text(text)
     records, report = read_jsonl(tmp_path / "a.jsonl")
-    assert len(records) == 1 and records[0].video == str(good)
+    assert len(records) == 2 and records[0].video == str(good)
     assert records[0].words == ((0.1, 0.4, "kick"), (0.4, 0.9, "off"))
-    assert dict(report.skipped) == {"word_order": 1, "negative_time": 1, "missing_video": 1, "empty_video": 1,
+    assert records[1].words == ((0.5, 0.2, "backwards"),) and report.reversed_words == 1
+    assert dict(report.skipped) == {"negative_time": 1, "missing_video": 1, "empty_video": 1,
                                     "empty_stream": 1, "bad_span": 1, "malformed": 2}
-    assert report.lines == 9 and report.kept == 1
-    assert "ends before it starts" in report.summary()
+    assert report.lines == 9 and report.kept == 2
+    assert "1 words start after they end" in report.summary()
 
 
 # ------------------------------------------------------------------------------------------ chunker
@@ -86,7 +87,8 @@ def test_chunks_overlap_previous_text_and_word_filter():
 def test_previous_text_keeps_first_sink_and_last_window_tokens(tok):
     prev = "".join(f" {w}" for w in WORDS * 3)  # 30 word tokens
     chunk = chunker.Chunk(video="v", start=0.0, rounds=((),), previous=prev)
-    ids, _ = tokenize_chunk(tok, chunk, 1, SampleConfig(text_sink=4, text_window=3))
+    # The budgets count the block's 4 header tokens and its <|im_end|> + newline, as the original's.
+    ids, _ = tokenize_chunk(tok, chunk, 1, SampleConfig(text_sink=4 + 4, text_window=3 + 2))
     text = tok.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
     kept = text.split("<|im_start|>previous text\n")[1].split("<|im_end|>")[0]
     assert kept == " kick off goal what" + " ball old news"
@@ -96,7 +98,7 @@ def test_previous_text_keeps_first_sink_and_last_window_tokens(tok):
 
 def test_labels_cover_exactly_the_assistant_content(tok):
     chunk = chunker.Chunk(video="v", start=5.0, rounds=(("kick", "off"), (), ("goal",)), previous="old")
-    ids, mask = tokenize_chunk(tok, chunk, 2, SampleConfig())
+    ids, mask = tokenize_chunk(tok, chunk, 2, SampleConfig(template="inference"))
     text = tok.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
     assert "Time=6.0-7.0s" in text and text.count("<|video_pad|>") == 6
     # contiguous labelled spans, one per round: content + <|im_end|>

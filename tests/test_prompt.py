@@ -51,3 +51,19 @@ def test_tokenizer_must_match_model(tok):
     tok.check_model(CFG)
     with pytest.raises(ValueError, match="does not belong to this checkpoint"):
         tok.check_model(ModelConfig.tiny(vocab_size=2048))
+
+
+def test_templates_are_named_choices(tok):
+    from svlm_jax.prompt import INFERENCE, TRAINING, template
+
+    assert template("training") is TRAINING and template(INFERENCE) is INFERENCE
+    with pytest.raises(ValueError, match="Unknown template"):
+        template("chat")
+    rnd = build_round(tok, 3, 4, 1, index=1, tmpl="training", query="red ball",
+                      answer=answer_text(["red"], tmpl="training"))
+    text = tok.tokenizer.decode(rnd.ids, skip_special_tokens=False)
+    assert text == ("<|im_start|>user\nTime=3.0-4.0s red ball<|vision_start|><|video_pad|><|vision_end|><|im_end|>\n"
+                    "<|im_start|>assistant\n\n red ...<|im_end|>\n")
+    assert tok.decode([i for i, m in zip(rnd.ids, rnd.label_mask) if m]) == "\n red ..."  # from im_start + 3
+    with pytest.raises(ValueError, match="as text"):
+        build_round(tok, 3, 4, 1, tmpl="training", answer=[1, 2])

@@ -12,6 +12,7 @@ import pytest
 import svlm_jax
 from experiments import train as train_cli
 from svlm_jax.data import synthetic
+from svlm_jax.data.chunker import ChunkConfig
 from svlm_jax.tokenizer import ChatTokenizer
 
 
@@ -19,12 +20,13 @@ from svlm_jax.tokenizer import ChatTokenizer
 def small_set(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("synthetic"))
     spec = synthetic.SyntheticSpec(train_videos=2, val_videos=1, video_seconds=24, stream_seconds=12, seed=3)
-    return synthetic.write_dataset(root, spec, train_cli.demo_model_config())
+    chunks = ChunkConfig(window=8, overlap=4, min_words_per_second=0.0)
+    return synthetic.write_dataset(root, spec, train_cli.demo_model_config(), chunk=chunks)
 
 
 def _argv(paths, out, **over):
-    flags = dict(data=paths["train"], val_data=paths["val"], tokenizer=paths["tokenizer"], preset="tiny",
-                 window=8, overlap=4, text_sink=32, text_window=32, min_pixels=56 * 56, max_pixels=56 * 56,
+    flags = dict(data=paths["train_chunks"], val_data=paths["val_chunks"], tokenizer=paths["tokenizer"],
+                 preset="tiny", text_sink=32, text_window=32, min_pixels=56 * 56, max_pixels=56 * 56,
                  max_seq_len=1024, steps=4, batch_size=2, accum=1, lr=1e-3, warmup_ratio=0.25, freeze="none",
                  dtype="float32", workers=0, save_every=2, eval_every=2, eval_batches=1, out=out)
     flags.update(over)
@@ -71,12 +73,17 @@ def test_init_without_data_is_refused(capsys):
     assert "--init needs --data" in capsys.readouterr().err
 
 
-def test_reference_defaults_apply_with_data_and_demo_defaults_without():
-    ref = train_cli.parse_args(["--data", "x.jsonl"])
-    assert (ref.window, ref.overlap, ref.text_sink, ref.lr, ref.freeze) == (24, 12, 512, 1e-5, "visual")
+def test_reference_defaults_apply_with_data_and_demo_defaults_without(capsys):
+    ref = train_cli.parse_args(["--data", "a.jsonl:2", "--data", "b.jsonl"])
+    assert (ref.window, ref.text_sink, ref.lr, ref.freeze) == (None, 512, 1e-5, "visual")  # lines used whole
+    assert (ref.template, ref.frames, ref.resize) == ("training", "original", "torchvision")
+    assert ref.data == ["a.jsonl:2", "b.jsonl"]
     demo = train_cli.parse_args([])
-    assert demo.demo and demo.preset == "tiny" and demo.window == 8
-    assert train_cli.parse_args(["--data", "x.jsonl", "--window", "16"]).window == 16
+    assert demo.demo and demo.preset == "tiny" and demo.template == "inference"
+    assert train_cli.parse_args(["--data", "x.jsonl", "--window", "16", "--overlap", "8"]).window == 16
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--data", "x.jsonl", "--window", "16"])
+    assert "--window and --overlap go together" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -84,7 +91,7 @@ def test_stream_eval_scores_the_held_out_stream(small_set, tmp_path):
     cfg = train_cli.demo_model_config()
     params = svlm_jax.init_params(cfg, jax.random.key(0))
     tok = ChatTokenizer.from_dir(small_set["tokenizer"])
-    args = argparse.Namespace(window=8, text_sink=32, text_window=32, fps=2, min_pixels=56 * 56,
+    args = argparse.Namespace(window=None, text_sink=32, text_window=32, fps=2, min_pixels=56 * 56,
                               max_pixels=56 * 56, out=str(tmp_path))
     lines = []
     score = train_cli.stream_eval(cfg, params, tok, small_set, args, lines.append)
@@ -106,7 +113,9 @@ def test_fine_tune_from_init_on_a_two_device_fsdp_mesh(small_set, tmp_path):
     params = svlm_jax.init_params(cfg, jax.random.key(1))
     svlm_jax.save(init, cfg, params, files=[small_set["tokenizer"]])
     out = str(tmp_path / "run")
-    argv = _argv(small_set, out, steps=2, accum=2, dtype="bfloat16", freeze="visual", fsdp=2)
+    # Also the explicit re-chunking of whole-video lines (--window/--overlap).
+    argv = _argv(small_set, out, steps=2, accum=2, dtype="bfloat16", freeze="visual", fsdp=2, data=small_set["train"],
+                 val_data=small_set["val"], window=8, overlap=4, min_words_per_second=0)
     drop = argv.index("--tokenizer")
     argv = argv[:drop] + argv[drop + 2:] + ["--init", init]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")

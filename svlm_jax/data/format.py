@@ -6,7 +6,12 @@ One line is one JSON conversation (see docs/DATA.md):
                                    "video_end": 600.0, "previous": "earlier commentary"},
                                   {"type": "text", "text": "optional query"}]},
      {"role": "assistant", "content": [{"type": "text_stream",
-                                        "text_stream": [[0.4, 0.7, "Kick"], [0.7, 1.1, "off"], ...]}]}]
+                                        "text_stream": [[0.4, 0.7, "Kick"], [0.7, 1.1, "off"], ...],
+                                        "qa_stream": [[0, 5.5, "Who scored?", "Curry"], ...]}]}]
+
+Records keep what the original's `lmm_dataset.py` reads (fidelity.md §c): the words in file order
+(their start times are never read, so a word that starts after it ends is kept and counted), the
+qa_stream, and `previous` taken from the last user content element that has one.
 
 `read_jsonl` never aborts on a bad line: it skips it and counts the reason in a `ValidationReport`.
 """
@@ -17,14 +22,13 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 # Reasons a record is skipped; the report counts each.
 REASONS = {
     "malformed": "not a [user, assistant] conversation in the documented layout",
     "bad_span": "video_end is not after video_start",
     "negative_time": "a time is negative",
-    "word_order": "a word ends before it starts",
     "empty_stream": "the text_stream has no words",
     "missing_video": "the video file does not exist",
     "empty_video": "the video file is 0 bytes",
@@ -44,8 +48,9 @@ class Record:
     """One annotated video span.
 
     video: resolved path; start/end: the annotated span in absolute video seconds;
-    words: ((start, end, word), ...) sorted by end time; previous: commentary before `start`;
-    query: the user text, if any.
+    words: ((start, end, word), ...) in file order, each word stripped; previous: commentary before
+    `start`; query: the user text, if any (the original's training never uses it);
+    qa: ((tag, time, question, answer), ...) from the qa_stream, in file order.
     """
 
     video: str
@@ -54,6 +59,12 @@ class Record:
     words: tuple[tuple[float, float, str], ...]
     previous: str = ""
     query: str | None = None
+    qa: tuple[tuple[Any, float, str, str], ...] = ()
+
+    @property
+    def reversed_words(self) -> int:
+        """Words whose start is after their end: harmless, as only end times are read."""
+        return sum(1 for s, e, _ in self.words if s > e)
 
 
 @dataclasses.dataclass
@@ -65,6 +76,7 @@ class ValidationReport:
     kept: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    reversed_words: int = 0  # kept words whose start is after their end
 
     def add(self, reason: str, line: int) -> None:
         self.skipped[reason] += 1
@@ -77,6 +89,8 @@ class ValidationReport:
         head = f"{self.source}: {self.lines} lines, {self.kept} records kept, {sum(self.skipped.values())} skipped"
         rows = [f"  {n} x {r} ({REASONS.get(r, r)}; e.g. line {', '.join(map(str, self.examples[r]))})"
                 for r, n in sorted(self.skipped.items())]
+        if self.reversed_words:
+            rows.append(f"  {self.reversed_words} words start after they end (kept: only end times are used)")
         return "\n".join([head] + rows)
 
 
@@ -122,14 +136,22 @@ def parse_record(obj: Any, video_root: str = "", *, check_video: bool = True) ->
         ws, we = _num(w[0], f"word {i} start"), _num(w[1], f"word {i} end")
         if ws < 0 or we < 0:
             raise RecordError("negative_time", f"word {i} {w[2]!r} has a negative time [{ws}, {we}]")
-        if we < ws:
-            raise RecordError("word_order", f"word {i} {w[2]!r} ends at {we} before it starts at {ws}")
-        text = w[2].strip()
-        if text:
-            words.append((ws, we, text))
+        words.append((ws, we, w[2].strip()))
     if not words:
         raise RecordError("empty_stream", "the text_stream has no words")
-    previous = video_el.get("previous", "") or ""
+    qa = []
+    for i, q in enumerate(stream_el.get("qa_stream") or []):
+        if not (isinstance(q, (list, tuple)) and len(q) >= 4 and isinstance(q[2], str) and isinstance(q[3], str)):
+            raise RecordError("malformed", f"qa_stream item {i} must be [tag, time, question, answer]")
+        qa.append((q[0], _num(q[1], f"qa {i} time"), q[2], q[3]))
+    # As the original: the last user content element that has `previous` wins.
+    previous = ""
+    for m in obj:
+        if m.get("role") == "user" and isinstance(m.get("content"), list):
+            for c in m["content"]:
+                if isinstance(c, dict) and "previous" in c:
+                    previous = c["previous"]
+    previous = previous or ""
     if not isinstance(previous, str):
         raise RecordError("malformed", "previous must be a string")
     query = next((c.get("text") for c in ucontent if isinstance(c, dict) and isinstance(c.get("text"), str)), None)
@@ -139,9 +161,8 @@ def parse_record(obj: Any, video_root: str = "", *, check_video: bool = True) ->
             raise RecordError("missing_video", f"video {path!r} does not exist")
         if os.path.getsize(path) == 0:
             raise RecordError("empty_video", f"video {path!r} is 0 bytes")
-    words.sort(key=lambda w: (w[1], w[0]))
-    return Record(video=path, start=start, end=end, words=tuple(words), previous=previous.strip(),
-                  query=query or None)
+    return Record(video=path, start=start, end=end, words=tuple(words), previous=previous,
+                  query=query or None, qa=tuple(qa))
 
 
 def iter_jsonl(path: str | os.PathLike, video_root: str | None = None, *, check_video: bool = True,
@@ -170,6 +191,7 @@ def iter_jsonl(path: str | os.PathLike, video_root: str | None = None, *, check_
                 report.add(e.reason, n)
                 continue
             report.kept += 1
+            report.reversed_words += rec.reversed_words
             yield rec
 
 
@@ -182,14 +204,19 @@ def read_jsonl(path: str | os.PathLike, video_root: str | None = None, *,
 
 
 def record_to_json(video: str, start: float, end: float, words: Iterable[tuple[float, float, str]], *,
-                   previous: str = "", query: str | None = None) -> list[dict]:
-    """The JSON conversation for one annotated span (the inverse of `parse_record`)."""
+                   previous: str = "", query: str | None = None, qa: Iterable[Sequence[Any]] = ()) -> list[dict]:
+    """The JSON conversation for one annotated span (the inverse of `parse_record`).
+
+    Laid out as the released files: exactly two user elements, the video first, then a text element
+    holding `previous` (LiveCC's producer puts it there).
+    """
     vid: dict[str, Any] = {"type": "video", "video": video, "video_start": start, "video_end": end}
+    text: dict[str, Any] = {"type": "text", "text": query or ""}
     if previous:
-        vid["previous"] = previous
-    content: list[dict[str, Any]] = [vid]
-    if query:
-        content.append({"type": "text", "text": query})
+        text["previous"] = previous
     stream = [[round(float(s), 3), round(float(e), 3), w] for s, e, w in words]
-    return [{"role": "user", "content": content},
-            {"role": "assistant", "content": [{"type": "text_stream", "text_stream": stream}]}]
+    el: dict[str, Any] = {"type": "text_stream", "text_stream": stream}
+    qa = [list(q) for q in qa]
+    if qa:
+        el["qa_stream"] = qa
+    return [{"role": "user", "content": [vid, text]}, {"role": "assistant", "content": [el]}]

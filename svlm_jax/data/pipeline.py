@@ -1,6 +1,9 @@
-"""The Grain input pipeline: chunks -> shuffled, decoded, padded batches, with checkpointable state.
+"""The Grain input pipeline: samples -> shuffled, decoded, padded batches, with checkpointable state.
 
-    MapDataset.source(SampleSource)   # decode + tokenize one chunk (retrying the next on failure)
+An item is a Record (one JSONL line, used whole as the original does), a `mix.LineRef` (a line read
+and parsed when used) or a chunker `Chunk`.
+
+    MapDataset.source(SampleSource)   # decode + tokenize one item (retrying the next on failure)
       .seed(seed).shuffle()           # a new permutation every epoch
       .repeat()
       .batch(B, batch_fn=Collate)     # static shapes from the bucket ladders
@@ -46,10 +49,10 @@ class PipelineConfig:
 class SampleSource(grain.sources.RandomAccessDataSource):
     """Random access to built samples; a chunk that fails is replaced by the next one that works."""
 
-    def __init__(self, chunks: Sequence[Chunk], tok: ChatTokenizer, model_cfg: ModelConfig,
+    def __init__(self, chunks: Sequence[Any], tok: ChatTokenizer, model_cfg: ModelConfig,
                  sample_cfg: SampleConfig, max_retries: int = 64):
         if not chunks:
-            raise ValueError("The dataset has no chunks; check the annotation file and the chunking settings.")
+            raise ValueError("The dataset has no samples; check the annotation files.")
         self.chunks, self.tok, self.model_cfg, self.sample_cfg = list(chunks), tok, model_cfg, sample_cfg
         self.max_retries = max_retries
 
@@ -119,8 +122,8 @@ def _maybe_prefetch(ds: grain.IterDataset, cfg: PipelineConfig) -> grain.IterDat
                           worker_init_fn=_die_with_parent)
 
 
-def shard_chunks(chunks: Sequence[Chunk], process_index: int, process_count: int) -> list[Chunk]:
-    """This process's share of the chunks (every process_count-th)."""
+def shard_chunks(chunks: Sequence[Any], process_index: int, process_count: int) -> list[Any]:
+    """This process's share of the items (every process_count-th)."""
     return list(chunks[process_index::process_count])
 
 

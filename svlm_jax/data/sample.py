@@ -1,13 +1,16 @@
-"""From a chunk to model inputs: tokens, labels, M-RoPE positions, vision patches, and padded batches.
+"""From a record or chunk to model inputs: tokens, labels, M-RoPE positions, vision patches, padded batches.
 
-A sample is the streaming template over the chunk, built with the same `prompt.build_prefix` /
-`prompt.build_round` the streaming engine uses:
+A sample is the original's SFT sample (fidelity.md §a, §c), built with the same `prompt.build_prefix` /
+`prompt.build_round` the streaming engine uses, under a named template (`SampleConfig.template`,
+default "training", the original's; "inference" trains on the streaming template instead):
 
-    [system][previous text: first text_sink + last text_window tokens][round 0][round 1]...
+    [system][previous text, block truncated to text_sink + text_window tokens][round 0][round 1]...
 
-Each round is one second: `Time=a-bs`, that second's vision block (its `fps` frames as one temporal
-grid), and the answer (` w1 w2 ...` or ` ...`). Labels cover each answer's content and its
-`<|im_end|>`. Positions come from `rope.get_rope_index` over the whole sequence.
+One JSONL line is one sample, used whole: its clip [video_start, video_end] is read on the original's
+2-fps grid (`video.read_clip`), the number of rounds is half the frame count, and round k takes the
+words and qa of `record_to_chunk`. Each round is one second: its Time text, its 2 frames as one
+temporal grid, and the answer. Labels cover each answer from `im_start + 3` through `<|im_end|>`.
+Positions come from `rope.get_rope_index` over the whole sequence.
 
 `collate` pads a list of samples to static shapes: sequence length and vision patches are rounded
 up to a short ladder of buckets, so a training run compiles a handful of shapes at most.
@@ -22,7 +25,8 @@ import numpy as np
 
 from svlm_jax.config import ModelConfig
 from svlm_jax.data.chunker import Chunk
-from svlm_jax.prompt import answer_text, build_prefix, build_round, truncate_middle
+from svlm_jax.data.format import Record, RecordError
+from svlm_jax.prompt import answer_text, build_prefix, build_round, template, truncate_block
 from svlm_jax.rope import get_rope_index
 from svlm_jax.tokenizer import ChatTokenizer
 from svlm_jax.vision import vision_metadata
@@ -45,13 +49,17 @@ class SampleError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
-    """How chunks become samples.
+    """How records and chunks become samples (defaults: the original's SFT scripts).
 
-    text_sink/text_window: previous-text tokens kept from the start/end (reference 512/512).
-    fps: frames per second (2 frames = one temporal grid per 1-s round). min/max_pixels: per-frame
-    budget for smart_resize; total_pixels caps the whole chunk as the reference does.
-    query: text put after round 0's vision (None: no query, as the reference's training).
-    use_record_query: use the record's own query when it has one.
+    text_sink/text_window: tokens kept from the start/end of the previous-text block, its 4 header and
+    2 footer tokens included (the original's 512/512; 0/0: no truncation). template: "training" or
+    "inference" (prompt.TEMPLATES). fps: frames per second (2 frames = one temporal grid per 1-s
+    round). min/max_pixels: per-frame bounds; total_pixels: the whole-clip budget spread over its
+    frames; max_frames: frames read per clip (480: its first 240 s). resize: "torchvision" (the
+    original's antialiased bicubic) or "pil". frames: "original" (the original's pick of the frames
+    that end in the clip, `video.read_clip`) or "grid" (the frame shown at start + k/fps, `read_frames`).
+    query: text for round 0 under the inference template only (the original's training never uses the
+    record's query). max_seq_len: longer samples are skipped.
     """
 
     text_sink: int = 512
@@ -60,6 +68,10 @@ class SampleConfig:
     min_pixels: int = 100 * 28 * 28
     max_pixels: int = 768 * 28 * 28
     total_pixels: int = 24576 * 28 * 28
+    max_frames: int = 480
+    resize: str = "torchvision"
+    frames: str = "original"
+    template: str = "training"
     query: str | None = None
     use_record_query: bool = False
     max_seq_len: int = 32768
@@ -67,16 +79,49 @@ class SampleConfig:
 
 
 # ------------------------------------------------------------------------------------------ text
+def record_to_chunk(rec: Record, num_rounds: int, fps: float = 2.0) -> Chunk:
+    """The original's rounds of a whole record (fidelity.md §c).
+
+    Round k spans [start + k, start + k + 1]. Words are consumed in file order: round k takes the
+    unused words while start + k + 1 >= their end and stops at the first that fails, so words ending by
+    start + 1 (also before start) land in round 0, and an out-of-order late word holds back the words
+    after it. Only the first unused qa is checked: it is consumed by the round with start < time <= end.
+    """
+    words, qa = rec.words, list(rec.qa)
+    rounds, qas, nxt = [], [], 0
+    per = int(fps)
+    for k in range(num_rounds):
+        t0, t1 = rec.start + (k * per) / fps, rec.start + (k * per + per) / fps
+        got = []
+        while nxt < len(words) and t1 >= words[nxt][1]:
+            got.append(words[nxt][2])
+            nxt += 1
+        rounds.append(tuple(got))
+        if qa and t0 < qa[0][1] <= t1:
+            qas.append((qa[0][2], qa[0][3]))
+            qa.pop(0)
+        else:
+            qas.append(("", ""))
+    has_qa = any(q or a for q, a in qas)
+    return Chunk(video=rec.video, start=rec.start, rounds=tuple(rounds), previous=rec.previous,
+                 query=rec.query, qa=tuple(qas) if has_qa else ())
+
+
 def tokenize_chunk(tok: ChatTokenizer, chunk: Chunk, n_vision: int,
                    cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     """ids [T] int32 and label mask [T] bool for a chunk whose rounds carry `n_vision` vision tokens each."""
-    previous = truncate_middle(tok.encode(chunk.previous), cfg.text_sink, cfg.text_window)
-    prefix = build_prefix(tok, previous)
-    ids, mask = list(prefix.ids), [False] * len(prefix.ids)
-    query = (chunk.query if cfg.use_record_query and chunk.query else None) or cfg.query
+    tp = template(cfg.template)
+    prefix = build_prefix(tok, chunk.previous)
+    # The block runs from its <|im_start|> through the newline after its <|im_end|> (at prev_end + 1).
+    ids = truncate_block(prefix.ids, prefix.block_start, prefix.prev_end + 1, cfg.text_sink, cfg.text_window)
+    mask = [False] * len(ids)
+    first_query = (chunk.query if cfg.use_record_query and chunk.query else None) or cfg.query
     for k, words in enumerate(chunk.rounds):
-        t0 = chunk.start + k
-        rnd = build_round(tok, t0, t0 + 1, n_vision, query=query if k == 0 else None, answer=answer_text(words))
+        question, answer = chunk.qa_of(k)
+        query = question or (first_query if k == 0 and not tp.merge_header else None)
+        t0, t1 = chunk.start + k, chunk.start + (k + 1)
+        rnd = build_round(tok, t0, t1, n_vision, query=query or None, index=k, tmpl=tp,
+                          answer=answer_text(words, tmpl=tp, answer=answer))
         ids += rnd.ids
         mask += rnd.label_mask
     return np.asarray(ids, np.int32), np.asarray(mask, bool)
@@ -84,56 +129,86 @@ def tokenize_chunk(tok: ChatTokenizer, chunk: Chunk, n_vision: int,
 
 # ------------------------------------------------------------------------------------------ vision
 def frame_size(height: int, width: int, n_frames: int, cfg: SampleConfig) -> tuple[int, int]:
-    """The (h, w) every frame of a chunk is resized to: smart_resize under the per-frame and total budgets."""
-    from svlm_jax.video import smart_resize
+    """The (h, w) every frame of a clip of n frames is resized to: the original's whole-clip budget."""
+    from svlm_jax.video import clip_max_pixels, smart_resize
 
-    # The reference spreads total_pixels over the chunk's frames (two frames share one grid).
-    max_px = max(min(cfg.max_pixels, cfg.total_pixels * 2 // max(n_frames, 1)), cfg.min_pixels)
-    return smart_resize(height, width, 28, cfg.min_pixels, max_px)
+    cap = clip_max_pixels(n_frames, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                          total_pixels=cfg.total_pixels)
+    return smart_resize(height, width, 28, cfg.min_pixels, cap)
 
 
-def load_vision(chunk: Chunk, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the chunk at `fps` and patchify each second: (pixel_values [R*P, 1176], grid [1, 3]).
+def load_vision(video: str, start: float, end: float, cfg: SampleConfig,
+                num_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read the clip [start, end] as the original and patchify each round: (pixel_values [R*P, 1176], grid [1, 3], R).
 
-    Raises SampleError when the video cannot be read or ends more than a second early.
+    R = half the picked frames, or `num_rounds` (the frames are cut, or padded with the last, to fit).
+    Raises SampleError when the video cannot be read.
     """
-    from svlm_jax.video import VideoError, patchify_video, read_frames, resize_frames
+    from svlm_jax.video import VideoError, patchify_video, read_clip, read_frames, resize_with
 
-    rounds, fps = chunk.num_rounds, cfg.fps
-    want = rounds * fps
+    if cfg.frames not in ("original", "grid"):
+        raise ValueError(f"SampleConfig.frames must be 'original' or 'grid', got {cfg.frames!r}.")
     try:
-        frames = [f for _, f in read_frames(chunk.video, fps=fps, start=chunk.start, end=chunk.start + rounds)]
+        if cfg.frames == "original":
+            frames, _ = read_clip(video, start, end, fps=cfg.fps, max_frames=cfg.max_frames)
+        else:
+            n = int(round((end - start) * cfg.fps)) if num_rounds is None else num_rounds * cfg.fps
+            frames = [f for _, f in read_frames(video, fps=cfg.fps, start=start, end=start + n / cfg.fps)]
+            first = frames[0].shape[:2]
+            frames = np.stack([f if f.shape[:2] == first else resize_with(cfg.resize)(f[None], *first)[0]
+                               for f in frames])
+            frames = np.concatenate([frames] + [frames[-1:]] * (len(frames) % 2))
     except VideoError as e:
         raise SampleError("unreadable_video", str(e)) from e
     except Exception as e:  # noqa: BLE001 - any decoder failure makes this one sample unusable
-        raise SampleError("unreadable_video", f"Decoding {chunk.video!r} failed: {e}") from e
-    if len(frames) < want - fps:
-        raise SampleError("short_video", f"{chunk.video!r} has {len(frames)} frames in [{chunk.start}, "
-                                         f"{chunk.end}) s at {fps} fps, expected {want}")
-    frames += [frames[-1]] * (want - len(frames))  # a last partial second repeats its last frame
-    h, w = frame_size(frames[0].shape[0], frames[0].shape[1], want, cfg)
-    video = resize_frames(np.stack([f if f.shape == frames[0].shape else
-                                    resize_frames(f[None], *frames[0].shape[:2])[0] for f in frames]), h, w)
+        raise SampleError("unreadable_video", f"Decoding {video!r} failed: {e}") from e
+    fps = cfg.fps
+    if num_rounds is not None:
+        want = num_rounds * fps
+        if len(frames) < want - fps:
+            raise SampleError("short_video", f"{video!r} has {len(frames)} frames in [{start}, {end}] s at {fps} "
+                                             f"fps, expected {want}")
+        frames = np.concatenate([frames[:want]] + [frames[-1:]] * max(0, want - len(frames)))
+    rounds = len(frames) // fps
+    h, w = frame_size(frames.shape[1], frames.shape[2], len(frames), cfg)
+    video_arr = resize_with(cfg.resize)(frames, h, w)
     rows, grid = [], None
     for k in range(rounds):
-        px, grid = patchify_video(video[k * fps:(k + 1) * fps])
+        px, grid = patchify_video(video_arr[k * fps:(k + 1) * fps])
         rows.append(px)
-    return np.concatenate(rows), grid
+    return np.concatenate(rows), grid, rounds
 
 
-def build_sample(chunk: Chunk, tok: ChatTokenizer, model_cfg: ModelConfig, cfg: SampleConfig,
+def build_sample(item, tok: ChatTokenizer, model_cfg: ModelConfig, cfg: SampleConfig,
                  vision: tuple[np.ndarray, np.ndarray] | None = None) -> Sample:
-    """One sample: ids/label_mask [T], positions [3, T], pixel_values [N, 1176], grids [R, 3].
+    """One sample from a Record (used whole, as the original), a mix.LineRef, or a Chunk.
 
-    `vision` = (pixel_values, per-second grid) skips decoding (tests, cached frames).
+    Returns ids/label_mask [T], positions [3, T], pixel_values [N, 1176], grids [R, 3].
+    `vision` = (pixel_values, per-round grid) skips decoding (tests, cached frames); a Record then has
+    as many rounds as the pixels hold.
     """
-    pixels, grid = load_vision(chunk, cfg) if vision is None else vision
-    grid = np.asarray(grid, np.int64).reshape(3)
+    if hasattr(item, "load") and not isinstance(item, (Record, Chunk)):
+        try:
+            item = item.load()
+        except RecordError as e:
+            raise SampleError(e.reason, str(e)) from e
+        except OSError as e:
+            raise SampleError("unreadable_line", str(e)) from e
     merge = model_cfg.vision.merge_unit
+    if vision is None:
+        if isinstance(item, Record):
+            pixels, grid, rounds = load_vision(item.video, item.start, item.end, cfg)
+        else:
+            pixels, grid, rounds = load_vision(item.video, item.start, item.end, cfg, item.num_rounds)
+    else:
+        pixels, grid = vision
+        rounds = pixels.shape[0] // int(np.prod(np.asarray(grid)))
+    grid = np.asarray(grid, np.int64).reshape(3)
+    chunk = record_to_chunk(item, rounds, cfg.fps) if isinstance(item, Record) else item
     n_vision = int(np.prod(grid)) // merge
     ids, mask = tokenize_chunk(tok, chunk, n_vision, cfg)
     if ids.size > cfg.max_seq_len:
-        raise SampleError("too_long", f"chunk at {chunk.start} s of {chunk.video!r} has {ids.size} tokens, "
+        raise SampleError("too_long", f"sample at {chunk.start} s of {chunk.video!r} has {ids.size} tokens, "
                                       f"above max_seq_len {cfg.max_seq_len}")
     grids = np.tile(grid[None], (chunk.num_rounds, 1))
     spg = [model_cfg.vision.temporal_patch_size / cfg.fps] * chunk.num_rounds
@@ -269,6 +344,6 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def vision_tokens_per_second(height: int, width: int, cfg: SampleConfig, chunk_seconds: int) -> int:
-    """Merged vision tokens per 1-s round for frames of height x width (for planning sequence lengths)."""
+    """Merged vision tokens per 1-s round for frames of height x width in a clip of `chunk_seconds`."""
     h, w = frame_size(height, width, chunk_seconds * cfg.fps, cfg)
     return (h // 28) * (w // 28) * _ceil_div(cfg.fps, 2)

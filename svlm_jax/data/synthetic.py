@@ -7,7 +7,8 @@ horizontal lane, one vision-patch row tall, and motion is timed so that every ev
 of the model's 2-fps sampling grid, where it shows as a distinct pose: a shape cut in half by the edge
 it enters or leaves through, or a shape touching a wall. A 0.24M-parameter model learns this in minutes.
 
-`write_dataset` writes mp4s (PyAV, h264), train/val JSONL in the reference format, a held-out long
+`write_dataset` writes mp4s (PyAV, h264), train/val JSONL in the reference format (whole videos, and
+optionally cut by the chunker into one-sample-per-line files like the released ones), a held-out long
 stream with its ground-truth events, and a word-level `tokenizer.json` with the model's special ids.
 """
 from __future__ import annotations
@@ -258,18 +259,22 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_dataset(root: str, spec: SyntheticSpec, model_cfg) -> dict[str, str]:
+def write_dataset(root: str, spec: SyntheticSpec, model_cfg, chunk=None) -> dict[str, str]:
     """Write the whole dataset under `root` (skipped when `root/DONE` says it is complete).
 
-    Returns paths: train, val, stream (JSONL), stream_video, stream_events (JSON), tokenizer.
+    Returns paths: train, val, stream (JSONL of whole videos), stream_video, stream_events (JSON),
+    tokenizer. With `chunk` (a chunker.ChunkConfig) it also writes train_chunks / val_chunks: the
+    videos cut into overlapping windows by the chunker, one sample per line, like the released files.
     """
     from svlm_jax.tokenizer import word_level_tokenizer
 
     paths = {"train": "train.jsonl", "val": "val.jsonl", "stream": "stream.jsonl",
              "stream_video": "videos/stream_000.mp4", "stream_events": "stream_events.json",
              "tokenizer": "tokenizer.json"}
+    if chunk is not None:
+        paths.update(train_chunks="train_chunks.jsonl", val_chunks="val_chunks.jsonl")
     paths = {k: os.path.join(root, v) for k, v in paths.items()}
-    stamp = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    stamp = json.dumps([dataclasses.asdict(spec), dataclasses.asdict(chunk) if chunk else None], sort_keys=True)
     done = os.path.join(root, "DONE")
     if os.path.exists(done) and open(done).read() == stamp:
         return paths
@@ -279,6 +284,11 @@ def write_dataset(root: str, spec: SyntheticSpec, model_cfg) -> dict[str, str]:
     _write_split(root, "val", spec.val_videos, spec.video_seconds, spec, rng)
     (events,) = _write_split(root, "stream", 1, spec.stream_seconds, spec, rng)
     _atomic_write(paths["stream_events"], json.dumps([dataclasses.asdict(e) for e in events], indent=0))
+    if chunk is not None:
+        from svlm_jax.data.chunker import write_chunked_jsonl
+
+        for split in ("train", "val"):
+            write_chunked_jsonl(paths[split], paths[f"{split}_chunks"], chunk)
     tok = word_level_tokenizer(VOCAB, model_cfg)
     tok.save(paths["tokenizer"] + ".part")
     os.replace(paths["tokenizer"] + ".part", paths["tokenizer"])
