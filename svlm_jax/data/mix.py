@@ -16,6 +16,7 @@ import os
 from typing import Sequence
 
 from svlm_jax.data.format import Record, RecordError, ValidationReport, parse_record, read_jsonl
+from svlm_jax.errors import DataError, DataNotFound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ class DataSpec:
         path, sep, n = arg.rpartition(":")
         if sep and n.isdigit() and path:
             if int(n) < 1:
-                raise ValueError(f"Repeat count in {arg!r} must be >= 1.")
+                raise DataError(f"Repeat count in {arg!r} must be >= 1.")
             return cls(path, int(n))
         return cls(arg, 1)
 
@@ -68,10 +69,13 @@ def read_seeks(jsonl: str) -> list[int] | None:
     path = seeks_path(jsonl)
     if not os.path.isfile(path) or os.path.abspath(path) == os.path.abspath(jsonl):
         return None
-    with open(path) as f:
-        seeks = json.load(f)
+    try:
+        with open(path) as f:
+            seeks = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not JSON ({e}); rebuild it or delete it to scan {jsonl}.") from None
     if not (isinstance(seeks, list) and all(isinstance(x, int) and x >= 0 for x in seeks)):
-        raise ValueError(f"{path} must be a JSON list of byte offsets; rebuild it or delete it to scan {jsonl}.")
+        raise DataError(f"{path} must be a JSON list of byte offsets; rebuild it or delete it to scan {jsonl}.")
     return seeks
 
 
@@ -81,7 +85,7 @@ def load_mix(specs: Sequence[DataSpec], video_root: str | None = None, *, check_
     items: list[Record | LineRef] = []
     for spec in specs:
         if not os.path.isfile(spec.path):
-            raise FileNotFoundError(f"Annotation file {spec.path!r} does not exist; pass a JSONL file with --data.")
+            raise DataNotFound(f"Annotation file {spec.path!r} does not exist; pass a JSONL file with --data.")
         root = os.path.dirname(os.path.abspath(spec.path)) if video_root is None else os.fspath(video_root)
         seeks = read_seeks(spec.path)
         if seeks is not None:
