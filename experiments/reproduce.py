@@ -141,8 +141,9 @@ def train_variant(plan: Plan, variant: str, seed: int, paths: dict, out: str, lo
                                                 overlap=plan.overlap if overlap is None else overlap))
     if not previous:
         chunks = [dataclasses.replace(c, previous="") for c in chunks]
+    # Trained on what the streamer shows (the demo's choice): inference template, grid frames.
     scfg = SampleConfig(text_sink=plan.text_sink, text_window=plan.text_window, min_pixels=56 * 56,
-                        max_pixels=56 * 56, max_seq_len=1024)
+                        max_pixels=56 * 56, max_seq_len=1024, template="inference", frames="grid")
     pcfg = PipelineConfig(batch_size=plan.batch_size, seed=seed, num_workers=1,
                           shapes=BatchShapes(seq=geometric_buckets(256, 1024, 64)))
     it = iter(train_dataset(chunks, tok, cfg, scfg, pcfg))
@@ -192,7 +193,8 @@ def stream_run(plan: Plan, run: Run, model_dir: str, paths: dict) -> dict:
         del probe
     streamer = Streamer(cfg, params, tok, scfg, sampling=SamplingConfig(greedy=True), batch=n, query=None,
                         mode=run.mode, max_cache_bytes=cap)
-    frames = [FrameStream(p, fps=2, min_pixels=56 * 56, max_pixels=56 * 56) for p in paths["stream_videos"][:n]]
+    frames = [FrameStream(p, fps=2, min_pixels=56 * 56, max_pixels=56 * 56, sampling="grid")
+              for p in paths["stream_videos"][:n]]
     texts: list[list[str]] = [[] for _ in range(n)]
     step_ms, peak, stopped = [], 0, None
     try:
