@@ -149,7 +149,7 @@ def test_question_mid_stream_answer_logits_match_forward(params, tok, mode, wind
             rnd = build_round(tok, sec.t0, sec.t1, 4, question=question_text(question, False))
             turn = rnd.prompt + tok.encode(prefix)
             assert ids[p - len(turn):p] == turn  # the question sits in this second's user turn, prefix after
-            written = ids[p:]
+            written, asked_turn, asked = ids[p:], turn, c
             assert written[:len(c.answer_tokens)] == list(c.answer_tokens)
             if len(c.answer_tokens) < len(written):  # the answer ended with "\n" (forced at the 2-token limit)
                 assert written[len(c.answer_tokens)] == tok.encode("\n")[0]
@@ -157,6 +157,16 @@ def test_question_mid_stream_answer_logits_match_forward(params, tok, mode, wind
         else:
             assert c.question is None and c.answer is None and c.answer_tokens == ()
     assert c.index == at + 1 and st.hosts[1].second == at + 2  # commentary went on after the question
+    if mode == "recompute":  # the question's second has left the window: retention as for commentary
+        ids = st.hosts[1].retained()[0].tolist()
+        older_end = ids.index(tok.im_end, ids.index(tok.im_end) + 1)  # system block's, then previous text's
+        kept = tok.encode(prefix) + list(asked.answer_tokens)
+        assert _contains(ids[:older_end], kept), "the answer did not become older commentary"
+        assert not _contains(ids, asked_turn[:-len(tok.encode(prefix))]), "the question outlived its second"
+
+
+def _contains(seq, sub):
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
 def test_session_and_question_errors_are_clear(params, tok):  # noqa: F811
