@@ -1,7 +1,8 @@
 """Frames in, `video.Second`s out: JPEG decoding and per-second assembly of timestamped frames.
 
-Every frame is resized to the server's fixed frame size, so every session's seconds have one vision grid
-and the compiled step never sees a new shape.
+Every frame is resized to the server's fixed frame size with the original's resize (torchvision's antialiased
+bicubic, `video.resize_frames_tv`), so every session's seconds have one vision grid and the compiled step
+never sees a new shape.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from svlm_jax.serve.protocol import ProtocolError
-from svlm_jax.video import Second, patchify_video, resize_frames
+from svlm_jax.video import Second, patchify_video, resize_frames_tv
 
 MAX_SOURCE_PIXELS = 4096 * 4096  # a larger "JPEG" is refused before it is decoded (decompression bombs)
 _EPS = 1e-6
@@ -35,7 +36,7 @@ def decode_jpeg(data: bytes, frame_hw: tuple[int, int]) -> np.ndarray:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise ProtocolError("bad_frame", f"A frame is not a decodable JPEG ({type(e).__name__}).") from None
-    return resize_frames(rgb[None], h, w)[0]
+    return resize_frames_tv(rgb[None], h, w)[0]  # the original's resize (antialiased bicubic), as in training
 
 
 def make_second(index: int, frames: list[np.ndarray], fps: int, *, partial: bool = False,

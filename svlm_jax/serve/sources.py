@@ -15,15 +15,19 @@ import numpy as np
 from PIL import Image
 
 from svlm_jax.serve.frames import last_sample_time, make_second
-from svlm_jax.video import VIDEO_MIN_PIXELS, FrameStream, Second, resize_frames
+from svlm_jax.video import VIDEO_MIN_PIXELS, FrameStream, Second, resize_frames_tv
 
 
 def open_source(source: str, fps: int, frame_hw: tuple[int, int], timeout: float) -> FrameStream:
-    """Open a file, URL or camera with FrameStream (blocking, up to `timeout` for a URL); raises VideoError."""
+    """Open a file, URL or camera with FrameStream (blocking, up to `timeout` for a URL); raises VideoError.
+
+    Frames are picked as a live viewer sees them (sampling="grid": the frame shown at each t + j/fps), the
+    way camera frames arrive, so a second is complete once its last grid time has passed.
+    """
     area = frame_hw[0] * frame_hw[1]
     # Decode near the server's frame size, so the second resize to exactly frame_hw is cheap.
     return FrameStream(source, fps=fps, timeout=timeout, min_pixels=min(area, VIDEO_MIN_PIXELS), max_pixels=area,
-                       queue_size=2)
+                       queue_size=2, sampling="grid", resize="torchvision")
 
 
 def preview_jpeg(frame: np.ndarray, quality: int = 70) -> bytes:
@@ -63,7 +67,7 @@ class SourcePump:
         err: BaseException | None = None
         try:
             for sec in self.frames:
-                frames = resize_frames(sec.frames, *self.frame_hw)  # [fps, h, w, 3]
+                frames = resize_frames_tv(sec.frames, *self.frame_hw)  # [fps, h, w, 3]
                 second = make_second(sec.index, list(frames), sec.fps, partial=sec.partial,
                                      num_real=sec.num_real)
                 wait = self.origin + (last_sample_time(sec) - self.frames.start) - self.clock()
