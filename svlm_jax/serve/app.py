@@ -61,17 +61,21 @@ class Server:
         return secrets.compare_digest(token.encode(), self.cfg.token.encode())
 
     async def index(self, request: Request) -> Response:
+        """GET /: the page."""
         return FileResponse(os.path.join(STATIC, "index.html"), headers={"Cache-Control": "no-store"})
 
     async def health(self, request: Request) -> Response:
+        """GET /health: status, session counts, steps, frame settings and the `info` fields."""
         return JSONResponse({"status": "ok", "sessions": len(self.registry.live), "max_sessions": self.cfg.max_sessions,
                              "steps": self.engine.steps, "fps": self.cfg.fps, "frame": list(self.cfg.frame_hw),
                              **self.info})
 
     async def metrics_text(self, request: Request) -> Response:
+        """GET /metrics: the Prometheus text exposition."""
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     async def transcript(self, request: Request) -> Response:
+        """GET /api/sessions/{sid}/transcript.{vtt,jsonl} (token): a live or recently finished transcript."""
         if not self.authorized(request):
             return _http_error(401, "auth", "Pass the server's token as 'Authorization: Bearer TOKEN'.")
         fmt = request.path_params["fmt"]
@@ -84,6 +88,7 @@ class Server:
                         headers={"Content-Disposition": f'attachment; filename="session-{s.id}.{fmt}"'})
 
     async def upload(self, request: Request) -> Response:
+        """POST /api/upload (token): store the raw body as a video for an "upload" session -> {"id", "bytes"}."""
         if not self.authorized(request):
             return _http_error(401, "auth", "Pass the server's token as 'Authorization: Bearer TOKEN'.")
         limit = self.cfg.max_upload_bytes
@@ -120,6 +125,7 @@ class Server:
         session.close_socket(err.close_code)
 
     async def websocket(self, ws: WebSocket) -> None:
+        """/ws: one session from its start message to its end, error or disconnect; always frees its slot."""
         await ws.accept()
         session: Session | None = None
         pump: SourcePump | None = None
