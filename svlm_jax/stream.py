@@ -37,11 +37,12 @@ import numpy as np
 
 from svlm_jax.cache import CacheFull, HostStream, StreamCache, StreamConfig, cache_bytes, init_cache, tree_bytes
 from svlm_jax.config import ModelConfig
+from svlm_jax.layers import apply_rotary
 from svlm_jax.model import Qwen25VL
 from svlm_jax.prompt import (DEFAULT_QUERY, DEFAULT_SYSTEM, SILENCE, build_prefix, build_round, question_text,
                              truncate_middle)
 from svlm_jax.rope import text_cos_sin
-from svlm_jax.text import LayerKV
+from svlm_jax.text import LayerKV, read_cache
 from svlm_jax.tokenizer import ChatTokenizer
 from svlm_jax.video import TEMPORAL_PATCH_SIZE, Second
 from svlm_jax.vision import vision_metadata
@@ -267,30 +268,32 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
     buf = jnp.zeros((b, total, vocab) if keep_logits else (b, 0, vocab), jnp.float32)
     if keep_logits:
         buf = buf.at[:, 0].set(logits0)
-    cos, sin = _tables(cache.pos, cfg)  # [B, S, hd], fixed except at the slots written below
-    state = (jnp.int32(0), cache, cos, sin, tok0, live, out, jnp.zeros(b, jnp.int32), seen, buf, ans, cstart)
+    cos, sin = _tables(cache.pos, cfg)  # [B, S, hd]
+    # Every cached key rotated once for the whole turn ([B, S, KV, hd] per layer); each step then rotates only
+    # the key it writes, instead of all S keys per token.
+    krot = tuple(apply_rotary(read_cache(k, cfg.compute_dtype), cos[:, :, None], sin[:, :, None]) for k in cache.k)
+    state = (jnp.int32(0), cache, krot, tok0, live, out, jnp.zeros(b, jnp.int32), seen, buf, ans, cstart)
 
     def cond(st):
-        return (st[0] < total) & jnp.any(st[5])
+        return (st[0] < total) & jnp.any(st[4])
 
     def body(st):
-        i, c, cos, sin, tok, live, out, n, seen, buf, ans, cstart = st
+        i, c, krot, tok, live, out, n, seen, buf, ans, cstart = st
         slot = jnp.where(live, base_slot + i, s)  # [B]; s = nowhere
         q_order = base_order + i
         q_pos = jnp.broadcast_to((base_pos + i.astype(jnp.float32))[:, None, None], (b, 1, 3))
         cos_q, sin_q = _tables(q_pos, cfg)  # [B, 1, hd]
         order = c.order.at[rows, slot].set(q_order, mode="drop")
-        cos = cos.at[rows, slot].set(cos_q[:, 0], mode="drop")
-        sin = sin.at[rows, slot].set(sin_q[:, 0], mode="drop")
         mask = _visible(order, q_order[:, None])  # [B, 1, S]
 
         def fn(m: Qwen25VL):
-            kv = [LayerKV(k, v, cos, sin, slot[:, None]) for k, v in zip(c.k, c.v)]
+            kv = [LayerKV(k, v, None, None, slot[:, None], kr) for k, v, kr in zip(c.k, c.v, krot)]
             h, new = m.decode_with_tables(m.embed(tok[:, None]), cos_q, sin_q, mask, kv)
             return m.logits(h)[:, 0], new
 
         logits, new = _apply(cfg, params, fn)  # [B, V]
-        c = StreamCache(k=tuple(k for k, _ in new), v=tuple(v for _, v in new), order=order,
+        krot = tuple(kr for _, _, kr in new)
+        c = StreamCache(k=tuple(k for k, _, _ in new), v=tuple(v for _, v, _ in new), order=order,
                         pos=c.pos.at[rows, slot].set(q_pos[:, 0], mode="drop"),
                         tokens=c.tokens.at[rows, slot].set(tok, mode="drop"))
         n = n + live.astype(jnp.int32)
@@ -303,9 +306,9 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
             buf = buf.at[:, jnp.minimum(i + 1, total - 1)].set(
                 jnp.where(can[:, None], logits, buf[:, jnp.minimum(i + 1, total - 1)]))
         live = can & ~jnp.isin(nxt, stops)
-        return i + 1, c, cos, sin, jnp.where(can, nxt, tok), live, out, n, seen, buf, ans, cstart
+        return i + 1, c, krot, jnp.where(can, nxt, tok), live, out, n, seen, buf, ans, cstart
 
-    _, cache, _, _, _, _, out, n, _, buf, _, cstart = jax.lax.while_loop(cond, body, state)
+    _, cache, _, _, _, out, n, _, buf, _, cstart = jax.lax.while_loop(cond, body, state)
     out = jnp.where(jnp.arange(total)[None] <= n[:, None], out, -1)
     return cache, out, n, jnp.minimum(cstart, n), (buf if keep_logits else None)
 

@@ -20,13 +20,19 @@ from svlm_jax.layers import Embed, RMSNorm, SwiGLU, apply_rotary, dense
 
 class LayerKV(NamedTuple):
     """One layer's cache view. k, v: [B, S, KV, hd] un-rotated (arrays, or `QuantKV`); cos, sin: [B, S, hd];
-    slots: [B, T]."""
+    slots: [B, T].
+
+    k_rot: optionally, every slot's key already rotated at its position ([B, S, KV, hd], compute dtype). The
+    decode loop rotates the cache once per second this way instead of once per token; the layer then rotates
+    only the new tokens' keys, writes them into k_rot as well, and ignores cos/sin.
+    """
 
     k: Any
     v: Any
     cos: Any
     sin: Any
     slots: Any
+    k_rot: Any = None
 
 
 class QuantKV(NamedTuple):
@@ -45,15 +51,19 @@ def quantize_heads(x):
     return jnp.clip(q, -127, 127).astype(jnp.int8), scale
 
 
-def _write_cache(store, new, rows, slots, dtype):
-    """Write new [B, T, KV, hd] into a cache tensor at slots [B, T]; returns (store, all slots [B, S, KV, hd] in
-    `dtype`). A `QuantKV` store quantizes what it writes and dequantizes what it returns."""
+def read_cache(store, dtype):
+    """A cache tensor (array or `QuantKV`) [B, S, KV, hd] -> its values in `dtype`."""
+    if isinstance(store, QuantKV):
+        return store.q.astype(dtype) * store.scale[..., None].astype(dtype)
+    return store.astype(dtype)
+
+
+def write_cache(store, new, rows, slots):
+    """Write new [B, T, KV, hd] into a cache tensor at slots [B, T] (quantized if the store is `QuantKV`)."""
     if isinstance(store, QuantKV):
         q, scale = quantize_heads(new)
-        store = QuantKV(store.q.at[rows, slots].set(q), store.scale.at[rows, slots].set(scale))
-        return store, store.q.astype(dtype) * store.scale[..., None].astype(dtype)
-    store = store.at[rows, slots].set(new.astype(store.dtype))
-    return store, store.astype(dtype)
+        return QuantKV(store.q.at[rows, slots].set(q), store.scale.at[rows, slots].set(scale))
+    return store.at[rows, slots].set(new.astype(store.dtype))
 
 
 def _gqa_dense(q, k, v, mask, num_kv: int):
@@ -103,7 +113,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, kv: LayerKV | None = None):
-        """x [B,T,D], cos/sin [B,T,hd] (this call's tokens), mask [B,T,S] -> (y [B,T,D], (k, v) to cache)."""
+        """x [B,T,D], cos/sin [B,T,hd] (this call's tokens), mask [B,T,S] -> (y [B,T,D], (k, v) to cache,
+        plus the updated k_rot when `kv.k_rot` is given)."""
         c = self.cfg
         b, t, _ = x.shape
         q = dense(c.num_attention_heads * c.head_dim, "q_proj", bias=True, dtype=self.dtype)(x)
@@ -116,15 +127,22 @@ class Attention(nn.Module):
             k_all, v_all, cos_k, sin_k = k, v, cos, sin
         else:
             rows = jnp.arange(b)[:, None]
-            k_store, k_all = _write_cache(kv.k, k, rows, kv.slots, self.dtype)  # k_all [B, S, KV, H]
-            v_store, v_all = _write_cache(kv.v, v, rows, kv.slots, self.dtype)
+            k_store, v_store = write_cache(kv.k, k, rows, kv.slots), write_cache(kv.v, v, rows, kv.slots)
+            v_all = read_cache(v_store, self.dtype)  # [B, S, KV, H]
             cos_k, sin_k = kv.cos, kv.sin
         q_rot = apply_rotary(q, cos[:, :, None], sin[:, :, None])
-        k_rot = apply_rotary(k_all.astype(self.dtype), cos_k[:, :, None], sin_k[:, :, None])
+        if kv is not None and kv.k_rot is not None:
+            new_rot = apply_rotary(k, cos[:, :, None], sin[:, :, None]).astype(kv.k_rot.dtype)
+            k_rot = kv.k_rot.at[jnp.arange(b)[:, None], kv.slots].set(new_rot)
+        else:
+            k_all = k_all if kv is None else read_cache(k_store, self.dtype)
+            k_rot = apply_rotary(k_all.astype(self.dtype), cos_k[:, :, None], sin_k[:, :, None])
         out = gqa_attention(q_rot, k_rot, v_all.astype(self.dtype), mask, c.num_key_value_heads, self.q_chunk,
                             self.impl)
         y = dense(c.hidden_size, "o_proj", bias=False, dtype=self.dtype)(out.reshape(b, t, -1))
-        return y, ((k_all, v_all) if kv is None else (k_store, v_store))
+        if kv is None:
+            return y, (k_all, v_all)
+        return y, ((k_store, v_store) if kv.k_rot is None else (k_store, v_store, k_rot))
 
 
 class DecoderLayer(nn.Module):
