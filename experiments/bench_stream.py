@@ -156,6 +156,7 @@ def grid_of(args) -> tuple[int, int]:
 def run_mode(mode: str, cfg, params, tok, scfg, sampling, args, grid) -> dict:
     """Stream args.seconds synthetic seconds in `mode`; per-second timings as lists."""
     st = Streamer(cfg, params, tok, scfg, sampling=sampling, seed=args.seed, mode=mode, batch=args.batch,
+                  rotate_keys=getattr(args, "rotate_keys", "once"),
                   previous_text=" ".join(["red ball"] * 400) if args.previous_text else None,
                   max_cache_bytes=int(args.max_cache_gib * 2**30), cache_dtype=args.kv_dtype)
     rec = {k: [] for k in ("second", "vision_ms", "prefill_ms", "decode_ms", "tokens", "total_ms", "cpu_ms",
@@ -279,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant", choices=("int8",), default=None, help="int8 weight-only decoder and LM head")
     ap.add_argument("--attention", choices=("einsum", "xla", "cudnn"), default="einsum",
                     help="decoder attention kernel (ModelConfig.attention)")
+    ap.add_argument("--rotate-keys", choices=("once", "per_token"), default="once",
+                    help="rotate the cached keys once per turn (default) or at every decode step")
+    ap.add_argument("--layers", type=int, default=None, help="override the decoder's layer count (e.g. a 7B-shaped "
+                    "model with 2 layers on a CPU)")
     ap.add_argument("--bandwidth-mib", type=int, default=512, help="array size of the read-bandwidth probe (0 = skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", type=int, default=0, help="print every N seconds")
@@ -291,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     backend = jax.default_backend()
     dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
     cfg = ModelConfig.preset(args.preset, dtype=dtype).replace(attention=args.attention)
+    if args.layers:
+        import dataclasses
+
+        cfg = cfg.replace(text=dataclasses.replace(cfg.text, num_hidden_layers=args.layers))
     grid = grid_of(args)
     n_vision = (-(-args.fps // 2)) * grid[0] * grid[1] // 4
     scfg = StreamConfig(vision_window=args.vision_window, text_sink=args.text_sink, text_window=args.text_window,
@@ -314,12 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         "cache_bytes_streaming": cache_bytes(cfg, scfg), "command": " ".join(["python -m experiments.bench_stream"]
                                                                             + (argv or sys.argv[1:])),
         "init_s": round(time.perf_counter() - t0, 2), "batch": args.batch, "kv_dtype": args.kv_dtype,
-        "quant": args.quant, "attention": args.attention, "modes": {},
+        "quant": args.quant, "attention": args.attention, "rotate_keys": args.rotate_keys, "layers": args.layers,
+        "load_avg": os.getloadavg(), "modes": {},
     }
     print(f"{args.preset}: {result['params'] / 1e6:.1f}M params, {dtype}, {result['device']}, grid {grid}, "
           f"{n_vision} vision tokens/s", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
-    tags = [f"b{args.batch}" if args.batch != 1 else "", args.quant or "",
+    tags = [f"{args.layers}L" if args.layers else "", f"b{args.batch}" if args.batch != 1 else "", args.quant or "",
+            "rotpertoken" if args.rotate_keys != "once" else "",
             f"kv{args.kv_dtype}" if args.kv_dtype else "", args.attention if args.attention != "einsum" else ""]
     stem = os.path.join(args.out, "_".join(["bench_stream", args.preset] + [t for t in tags if t]))
     for mode in modes:

@@ -213,10 +213,11 @@ def prefill(cfg: ModelConfig, params: Params, cache: StreamCache, tokens, slots,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "max_new", "stop_ids", "keep_logits", "max_answer",
-                                             "newline"), donate_argnames=("cache",))
+                                             "newline", "rotate_once"), donate_argnames=("cache",))
 def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base_slot, base_order, base_pos,
              active, forced, forced_len, keys, seconds, answer_len=None, *, sampling: SamplingConfig, max_new: int,
-             stop_ids: tuple[int, ...], keep_logits: bool = False, max_answer: int = 0, newline: int = -1):
+             stop_ids: tuple[int, ...], keep_logits: bool = False, max_answer: int = 0, newline: int = -1,
+             rotate_once: bool = True):
     """One assistant turn per stream, in one compiled loop: an optional answer, then the commentary.
 
     logits0 [B, V]: logits after the prefill. Token i of row b goes to slot base_slot[b] + i with logical
@@ -228,6 +229,9 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
     seconds [B] seed the sampler. With L = max_new (+ max_answer + 1 when max_answer > 0), returns
     (cache, tokens [B, L] (-1 after the end), n_written [B], answer_end [B] (index of the first commentary
     token: 0 without a question, n_written if the turn ended inside the answer), logits [B, L, V] or None).
+    rotate_once: rotate every cached key once at the start of the turn and only the new key at each step
+    (default); False rotates all S keys at every step, as attention over an un-rotated cache does by itself.
+    Both compute the same logits.
     """
     b, s = cache.order.shape
     vocab = logits0.shape[-1]
@@ -271,7 +275,11 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
     cos, sin = _tables(cache.pos, cfg)  # [B, S, hd]
     # Every cached key rotated once for the whole turn ([B, S, KV, hd] per layer); each step then rotates only
     # the key it writes, instead of all S keys per token.
-    krot = tuple(apply_rotary(read_cache(k, cfg.compute_dtype), cos[:, :, None], sin[:, :, None]) for k in cache.k)
+    if rotate_once:
+        krot = tuple(apply_rotary(read_cache(k, cfg.compute_dtype), cos[:, :, None], sin[:, :, None])
+                     for k in cache.k)
+    else:
+        krot = (cos, sin)  # the tables, updated at each written slot; keys are rotated inside attention
     state = (jnp.int32(0), cache, krot, tok0, live, out, jnp.zeros(b, jnp.int32), seen, buf, ans, cstart)
 
     def cond(st):
@@ -286,14 +294,20 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
         order = c.order.at[rows, slot].set(q_order, mode="drop")
         mask = _visible(order, q_order[:, None])  # [B, 1, S]
 
+        if rotate_once:
+            kvs = [LayerKV(k, v, None, None, slot[:, None], kr) for k, v, kr in zip(c.k, c.v, krot)]
+        else:
+            cos = krot[0].at[rows, slot].set(cos_q[:, 0], mode="drop")
+            sin = krot[1].at[rows, slot].set(sin_q[:, 0], mode="drop")
+            kvs = [LayerKV(k, v, cos, sin, slot[:, None]) for k, v in zip(c.k, c.v)]
+
         def fn(m: Qwen25VL):
-            kv = [LayerKV(k, v, None, None, slot[:, None], kr) for k, v, kr in zip(c.k, c.v, krot)]
-            h, new = m.decode_with_tables(m.embed(tok[:, None]), cos_q, sin_q, mask, kv)
+            h, new = m.decode_with_tables(m.embed(tok[:, None]), cos_q, sin_q, mask, kvs)
             return m.logits(h)[:, 0], new
 
         logits, new = _apply(cfg, params, fn)  # [B, V]
-        krot = tuple(kr for _, _, kr in new)
-        c = StreamCache(k=tuple(k for k, _, _ in new), v=tuple(v for _, v, _ in new), order=order,
+        krot = tuple(x[2] for x in new) if rotate_once else (cos, sin)
+        c = StreamCache(k=tuple(x[0] for x in new), v=tuple(x[1] for x in new), order=order,
                         pos=c.pos.at[rows, slot].set(q_pos[:, 0], mode="drop"),
                         tokens=c.tokens.at[rows, slot].set(tok, mode="drop"))
         n = n + live.astype(jnp.int32)
@@ -390,6 +404,9 @@ class Streamer:
     mode: one of MODES (see the module docstring). max_cache_bytes caps the cache of mode "full".
     keep_logits: keep the last step's logits in `last_logits` (for tests). stop_ids: token ids that end a
     turn, the first one written for forced turns (default `stop_ids_for(tokenizer)`: <|im_end|>, <|endoftext|>).
+    cache_dtype: K/V storage, overriding `scfg.kv_dtype`. rotate_keys: "once" rotates the cached keys once per
+    turn and each new key as it is written (default); "per_token" rotates all of them at every decode step.
+    The two give the same logits; "once" reads and writes less per token.
     """
 
     def __init__(self, cfg: ModelConfig, params: Params, tokenizer: ChatTokenizer,
@@ -398,9 +415,13 @@ class Streamer:
                  query: str | None | Sequence[str | None] = DEFAULT_QUERY,
                  previous_text: str | None | Sequence[str | None] = None, mode: str = "streaming",
                  max_cache_bytes: int | None = None, cache_dtype=None, keep_logits: bool = False,
-                 stream_ids: Sequence[int] | None = None, stop_ids: Sequence[int] | None = None):
+                 stream_ids: Sequence[int] | None = None, stop_ids: Sequence[int] | None = None,
+                 rotate_keys: str = "once"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        if rotate_keys not in ("once", "per_token"):
+            raise ValueError(f"rotate_keys must be 'once' or 'per_token', got {rotate_keys!r}.")
+        self.rotate_once = rotate_keys == "once"
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}.")
         tokenizer.check_model(cfg)
@@ -848,7 +869,8 @@ class Streamer:
         self.cache, out, n, cut, logits = generate(
             self.cfg, self.params, self.cache, logits0, base_slot, base_order, base_pos, active, forced, forced_len,
             self.keys, secs, answer_len, sampling=self.sampling, max_new=m, stop_ids=self.stop_ids,
-            keep_logits=self.keep_logits, max_answer=self.scfg.answer_tokens, newline=self._newline)
+            keep_logits=self.keep_logits, max_answer=self.scfg.answer_tokens, newline=self._newline,
+            rotate_once=self.rotate_once)
         out, n, cut = np.asarray(out), np.asarray(n), np.asarray(cut)
         if self.keep_logits:
             self.last_logits = np.asarray(logits)

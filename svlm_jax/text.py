@@ -58,6 +58,14 @@ def read_cache(store, dtype):
     return store.astype(dtype)
 
 
+def as_stored(store, new, dtype):
+    """new [B, T, KV, hd] as the cache will give it back (rounded to its dtype, or quantized), in `dtype`."""
+    if isinstance(store, QuantKV):
+        q, scale = quantize_heads(new)
+        return q.astype(dtype) * scale[..., None].astype(dtype)
+    return new.astype(store.dtype).astype(dtype)
+
+
 def write_cache(store, new, rows, slots):
     """Write new [B, T, KV, hd] into a cache tensor at slots [B, T] (quantized if the store is `QuantKV`)."""
     if isinstance(store, QuantKV):
@@ -132,7 +140,9 @@ class Attention(nn.Module):
             cos_k, sin_k = kv.cos, kv.sin
         q_rot = apply_rotary(q, cos[:, :, None], sin[:, :, None])
         if kv is not None and kv.k_rot is not None:
-            new_rot = apply_rotary(k, cos[:, :, None], sin[:, :, None]).astype(kv.k_rot.dtype)
+            # Rotate the key as the cache holds it, so this equals rotating the cache at attention time.
+            new_rot = apply_rotary(as_stored(kv.k, k, self.dtype), cos[:, :, None], sin[:, :, None])
+            new_rot = new_rot.astype(kv.k_rot.dtype)
             k_rot = kv.k_rot.at[jnp.arange(b)[:, None], kv.slots].set(new_rot)
         else:
             k_all = k_all if kv is None else read_cache(k_store, self.dtype)

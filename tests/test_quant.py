@@ -110,3 +110,26 @@ def test_kv_dtypes_stream_with_the_fp32_policy():
     assert runs["int8"][2] < runs["bfloat16"][2]
     with pytest.raises(ValueError, match="kv_dtype must be one of"):
         small(kv_dtype="int4")
+
+
+@pytest.mark.parametrize("kv", ["float32", "bfloat16"])
+def test_keys_rotated_once_equal_rotation_at_attention(kv):
+    """Over a stream that evicts and renumbers positions every second, decoding with the keys rotated once per
+    turn gives the logits of rotating every key at every step (the per-token path), at every token."""
+    from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+
+    params = noisy_params(CFG, seed=4)
+    tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(WORDS, CFG))
+    runs = {}
+    for rot in ("once", "per_token"):
+        st = Streamer(CFG, params, tok, small(vision_window=3, kv_dtype=kv), sampling=SamplingConfig(greedy=True),
+                      keep_logits=True, previous_text="red ball bounces what a shot", rotate_keys=rot)
+        toks, logits = [], []
+        for sec in synthetic_seconds(CFG, (4, 4), seconds=40, seed=6):
+            c = st.step([sec])[0]
+            toks.append(c.tokens)
+            logits.append(st.last_logits[0, :c.n_tokens])
+        runs[rot] = toks, np.concatenate(logits)
+    assert runs["once"][0] == runs["per_token"][0]
+    tol = 1e-5 if kv == "float32" else 2e-2
+    np.testing.assert_allclose(runs["once"][1], runs["per_token"][1], atol=tol * np.abs(runs["per_token"][1]).max())
