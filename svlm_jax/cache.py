@@ -10,15 +10,17 @@ Every stream owns S slots, laid out statically from a `StreamConfig` alone:
   * query: the query of the first second. While that second is in the vision window the query is
     ordered inside its user block; afterwards it is dropped, or pinned (kept) with `keep_query`.
   * text sink: the first `text_sink` tokens of older commentary.
-  * vision ring: one row per second of the last `vision_window` seconds. A row holds the round's user
-    block (`<|im_start|>user\\nTime=a-bs<|vision_start|>` + vision + `<|vision_end|><|im_end|>\\n`), the
-    assistant header, the commentary content and its `<|im_end|>\\n` tail. Second t uses row t % V.
-  * text ring: the last `text_window` tokens of older commentary; older token j lives in ring slot
-    (j - text_sink) % text_window, so overflow overwrites the oldest.
+  * vision ring: one row per second of the last max(vision_window, text_round) seconds. A row holds the
+    round's user block (`<|im_start|>user\nTime=a-bs<|vision_start|>` + vision + `<|vision_end|><|im_end|>\n`),
+    the assistant header, the commentary content and its `<|im_end|>\n` tail. Second t uses row t % rows.
+  * text ring: the last `text_window` tokens of older commentary (one fewer under the original's
+    rule); older token j lives in ring slot (j - text_sink) % text_window, so overflow overwrites the oldest.
 
-When a second leaves the vision window its commentary content (minus the trailing " ..." placeholder)
-becomes older commentary: the K/V of those slots are copied into the text sink or ring, never
-recomputed, and the row is reused. Format tokens of the turn are dropped.
+The policy is the original's `process_past_kv` (fidelity.md §d). When a turn leaves (text_round seconds
+later) its content, all but the token before `<|im_end|>`, becomes older commentary: the K/V of those
+slots are copied into the text sink or ring, never recomputed. Its format tokens are dropped; the row is
+reused once both its vision and its turn are gone. In the first second the whole previous text is
+present (its middle borrows the rows of later seconds) and is cut at the start of the second one.
 
 Device side (`StreamCache`): per layer the un-rotated K and V [B, S, KV, hd], plus per slot the index in
 logical order (`order`, -1 = empty), the M-RoPE position (`pos`) and the token id (`tokens`). Causality is
@@ -44,6 +46,8 @@ from svlm_jax.rope import vision_block_positions
 from svlm_jax.text import QuantKV
 
 POS_MODES = ("contiguous", "native")
+# "original": StreamingVLM's older-text rules (fidelity.md §d); "svlm": svlm-jax's own (docs/STREAMING.md).
+OLDER_TEXT_RULES = ("original", "svlm")
 
 # Logical bands, in order. A slot's logical key is band << _BAND_SHIFT | seq.
 _HEAD, _OLDER, _TAIL, _PINNED, _ROUND = range(5)
@@ -76,6 +80,16 @@ class StreamConfig:
         questions. The question is user text: it leaves with its second's user block.
     answer_tokens: room in every row for an answer (its answer prefix included) before the commentary; 0 =
         no questions. The answer is assistant content: it becomes older commentary like the words after it.
+    text_round: commentary turns kept in place, the current one included (the original's `text_round`);
+        older turns move to older text. None: the same as vision_window. A round's user block stays
+        while its vision or its turn does.
+    older_text: "original" (default) follows StreamingVLM exactly: a turn that leaves moves all its
+        content but the token before <|im_end|> (normally " ...", else the 20th token or <|endoftext|>);
+        older text keeps its first text_sink and last text_window - 1 tokens (the original cuts
+        [start+4+sink, end-window-1]); the previous text is prefilled whole in the first second and
+        cut at the start of the second one. "svlm": a turn moves all content but a trailing " ...";
+        older text keeps text_sink + text_window tokens; the previous text is cut before the first
+        prefill.
     pos_mode: "contiguous" renumbers positions from 0 every second; "native" keeps them growing.
     evict: False disables eviction (full attention); a full cache then raises CacheFull.
     kv_dtype: the K/V storage: None (the compute dtype), "float32", "bfloat16" or "int8" (per slot and head
@@ -93,6 +107,8 @@ class StreamConfig:
     keep_query: bool = False
     question_tokens: int = 0
     answer_tokens: int = 0
+    text_round: int | None = None
+    older_text: str = "original"
     pos_mode: str = "contiguous"
     evict: bool = True
     kv_dtype: str | None = None
@@ -112,10 +128,23 @@ class StreamConfig:
              f"question_tokens and answer_tokens must be >= 0, got {self.question_tokens} and {self.answer_tokens}"),
             (self.pos_mode in POS_MODES, f"pos_mode must be one of {POS_MODES}, got {self.pos_mode!r}"),
             (self.kv_dtype in KV_DTYPES, f"kv_dtype must be one of {KV_DTYPES}, got {self.kv_dtype!r}"),
+            (self.text_round is None or self.text_round >= 1, f"text_round must be >= 1 or None, got {self.text_round}"),
+            (self.older_text in OLDER_TEXT_RULES,
+             f"older_text must be one of {OLDER_TEXT_RULES}, got {self.older_text!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"Invalid StreamConfig: {msg}.")
+
+    @property
+    def turns(self) -> int:
+        """Commentary turns kept in place (text_round, or vision_window when it is None)."""
+        return self.vision_window if self.text_round is None else self.text_round
+
+    @property
+    def older_tail(self) -> int:
+        """Last tokens of older text kept: text_window, one fewer under the original's cut."""
+        return max(self.text_window - 1, 0) if self.older_text == "original" else self.text_window
 
     def replace(self, **kw) -> "StreamConfig":
         """A copy with the given fields changed (validated again)."""
@@ -157,9 +186,10 @@ class CacheLayout:
         query = s.prefix_tokens
         sink = query + s.query_tokens
         rows = sink + s.text_sink
-        ring = rows + s.vision_window * row
+        num_rows = max(s.vision_window, s.turns)  # a round's row lives while its vision or its turn does
+        ring = rows + num_rows * row
         return cls(prefix=0, query=query, sink=sink, rows=rows, ring=ring, size=ring + s.text_window, row_len=row,
-                   num_rows=s.vision_window, prompt_len=prompt, content=prompt, tail=prompt + content,
+                   num_rows=num_rows, prompt_len=prompt, content=prompt, tail=prompt + content,
                    chunk=prompt + 2 + s.answer_tokens, content_len=content)
 
     def row_start(self, second: int) -> int:
@@ -244,6 +274,12 @@ class _Row:
     content_slots: list[int]
     content_ids: list[int]
     query_slots: list[int]
+    user_text: list[int] = dataclasses.field(default_factory=list)  # slots of `Time=a-bs` (+ question)
+    vision: list[int] = dataclasses.field(default_factory=list)  # slots <|vision_start|> .. <|vision_end|>
+    header: list[int] = dataclasses.field(default_factory=list)  # slots of <|im_start|>assistant\n
+    pending: list[int] = dataclasses.field(default_factory=list)  # sampled stop ids kept in the turn, not yet cached
+    turn: bool = True  # the commentary turn is still in place
+    n_content: int = 0  # content_ids[:n_content] were generated; later ones are stop ids cached afterwards
 
 
 class HostStream:
@@ -275,6 +311,7 @@ class HostStream:
         self.seq = 0  # next key of the rounds band
         self.cursor = 0.0  # native position of the next token
         self._new: list[int] = []  # slots written since the last plan, in logical order
+        self._spill: list[int] = []  # slots lent to the previous text's middle during the first second
         self._started = False
 
     # ---------------------------------------------------------------- writes
@@ -299,38 +336,64 @@ class HostStream:
 
     def start(self, head: Sequence[int], previous: Sequence[int], tail: Sequence[int]) -> None:
         """Place the system block + previous-text header (`head`), older commentary given at the start
-        (`previous`, kept as its first text_sink and last text_window tokens) and the block's `tail`.
-        They are prefilled with the first second."""
-        s = self.scfg
+        (`previous`) and the block's `tail`. They are prefilled with the first second.
+
+        Under older_text "original" the whole previous text is placed: its middle (beyond the first
+        text_sink and last text_window - 1 tokens) borrows the rows of seconds 1.. and is dropped at the
+        start of second 1, so the kept tokens keep the K/V computed in full context. Under "svlm" only
+        the first text_sink and last text_window tokens are placed.
+        """
+        s, lay = self.scfg, self.layout
         if self._started:
             raise RuntimeError("HostStream.start was already called for this stream.")
         if len(head) + len(tail) > s.prefix_tokens:
             raise ValueError(f"The system prompt and previous-text header take {len(head) + len(tail)} tokens but "
                              f"StreamConfig.prefix_tokens is {s.prefix_tokens}; raise prefix_tokens or shorten "
                              f"the system prompt.")
+        n = len(previous)
+        keep_first = min(n, s.text_sink)
+        keep_last = min(n - keep_first, s.older_tail)
+        middle = range(keep_first, n - keep_last) if s.older_text == "original" else range(0)
+        spare = (lay.num_rows - 1) * lay.row_len  # the rows second 0 leaves free
+        if len(middle) > spare:
+            raise ValueError(f"The previous text has {n} tokens; the first second holds at most "
+                             f"{s.text_sink + s.older_tail + spare} of them (text_sink + text_window - 1 + the free "
+                             f"vision rows); shorten it, raise vision_window, or use "
+                             f"StreamConfig(older_text='svlm'), which keeps only its first and last tokens.")
         self._started = True
         for i, t in enumerate(head):
             self._text(self.layout.prefix + i, t, _key(_HEAD, i))
-        n = len(previous)
-        keep_first = min(n, s.text_sink)
-        keep_last = min(n - keep_first, s.text_window)
+        self._spill = [lay.row_start(1) + k for k in range(len(middle))]
         # Older token j keeps its index in the whole previous text, so ring slots stay consistent.
-        for j in list(range(keep_first)) + list(range(n - keep_last, n)):
-            self._text(self._older_slot(j), previous[j], _key(_OLDER, j))
+        for j in range(n):
+            if j < keep_first or j >= n - keep_last:
+                self._text(self._older_slot(j), previous[j], _key(_OLDER, j))
+            elif j in middle:
+                self._text(self._spill[j - keep_first], previous[j], _key(_OLDER, j))
         self.n_older = n
         for i, t in enumerate(tail):
             self._text(self.layout.prefix + len(head) + i, t, _key(_TAIL, i))
 
-    def _evict(self, second: int, moves: list[tuple[int, int]]) -> None:
-        """Second `second` leaves the vision window: its commentary becomes older text; its row is freed."""
-        r = second % self.layout.num_rows
-        row = self.rows[r]
-        if row is None or row.second != second:
-            return
+    def _moved(self, row: _Row) -> tuple[list[int], list[int]]:
+        """(slots, ids) of a leaving turn's content that become older text, per `older_text`."""
         ids, slots = list(row.content_ids), list(row.content_slots)
+        if self.scfg.older_text == "original":
+            # Everything but the token before <|im_end|>: a stop id still pending (never cached) is that
+            # token when there is one; once cached it is the last of content_ids.
+            return (slots, ids) if row.pending else (slots[:-1], ids[:-1])
+        ids, slots = ids[:row.n_content], slots[:row.n_content]  # without a cached stop id
         n_sil = len(self.silence)
         if n_sil and ids[-n_sil:] == self.silence:
             ids, slots = ids[:-n_sil], slots[:-n_sil]
+        return slots, ids
+
+    def _retire_turn(self, second: int, moves: list[tuple[int, int]]) -> None:
+        """Second `second`'s turn leaves: its content becomes older text; the turn (and, when the vision
+        stays longer, the user text) is dropped."""
+        row = self.rows[second % self.layout.num_rows]
+        if row is None or row.second != second or not row.turn:
+            return
+        slots, ids = self._moved(row)
         for src, t in zip(slots, ids):
             j = self.n_older
             self.n_older += 1
@@ -342,6 +405,18 @@ class HostStream:
             self.tok[dst], self.key[dst], self.head[dst] = t, _key(_OLDER, j), _key(_OLDER, j)
             self.rel[dst], self.ext[dst], self.npos[dst], self.vis[dst] = 0.0, 1.0, self.npos[src], -1
         lo = self.layout.row_start(second)
+        self._clear(lo + self.layout.content, lo + self.layout.row_len)
+        for q in row.header + (row.user_text if self.scfg.vision_window > self.scfg.turns else []):
+            self._clear(q, q + 1)
+        row.turn = False
+
+    def _drop_round(self, second: int) -> None:
+        """Second `second` leaves entirely: its row is freed; its query is dropped or pinned."""
+        r = second % self.layout.num_rows
+        row = self.rows[r]
+        if row is None or row.second != second:
+            return
+        lo = self.layout.row_start(second)
         self._clear(lo, lo + self.layout.row_len)
         for i, q in enumerate(row.query_slots):
             if self.scfg.keep_query:
@@ -349,6 +424,29 @@ class HostStream:
             else:
                 self._clear(q, q + 1)
         self.rows[r] = None
+
+    def _evict(self, t: int, moves: list[tuple[int, int]]) -> None:
+        """The original's `process_past_kv` at the start of second t (fidelity.md §d), in its order."""
+        s = self.scfg
+        v, r = s.vision_window, s.turns
+        if t >= r:
+            self._retire_turn(t - r, moves)
+        if r > v and t >= v:  # the vision leaves before the turn: drop just the vision block
+            row = self.rows[(t - v) % self.layout.num_rows]
+            if row is not None and row.second == t - v:
+                for q in row.vision:
+                    self._clear(q, q + 1)
+        if t >= max(v, r):
+            self._drop_round(t - max(v, r))
+        if t > 0 and s.older_text == "original":
+            for q in self._spill:  # the previous text's middle, kept for the first second only
+                self._clear(q, q + 1)
+            self._spill = []
+            stale = self.n_older - s.text_window  # the ring holds text_window slots but keeps one fewer token
+            if s.text_window and stale >= s.text_sink:
+                q = self._older_slot(stale)
+                if self.key[q] == _key(_OLDER, stale):
+                    self._clear(q, q + 1)
 
     def plan(self, prompt: Sequence[int], vision_start: int, n_vision: int, grid_thw: Sequence[int],
              second_per_grid_t: float, query_span: tuple[int, int] = (0, 0),
@@ -381,20 +479,32 @@ class HostStream:
             raise ValueError(f"Round {t} needs {len(prompt) - n_query - n_vision} text tokens besides vision and "
                              f"query but StreamConfig.round_tokens is {s.round_tokens}; raise round_tokens.")
         moves: list[tuple[int, int]] = []
-        if t >= lay.num_rows:
-            if not s.evict:
-                raise CacheFull(f"The cache holds {lay.num_rows} seconds and eviction is off; second {t} does not fit.")
-            self._evict(t - lay.num_rows, moves)
-        # The previous turn's <|im_end|>\n, if its second is still in the window.
+        if not s.evict and t >= lay.num_rows:
+            raise CacheFull(f"The cache holds {lay.num_rows} seconds and eviction is off; second {t} does not fit.")
+        prev = self.rows[(t - 1) % lay.num_rows] if t > 0 else None
+        prev = prev if prev is not None and prev.second == t - 1 else None
+        pending = list(prev.pending) if prev is not None else []
+        if s.evict:
+            self._evict(t, moves)
+        # The previous turn's pending stop id and <|im_end|>\n, if that turn is still in place.
         if t > 0:
-            prev = self.rows[(t - 1) % lay.num_rows]
-            if prev is not None and prev.second == t - 1:
+            if prev is not None and prev.turn:
+                base = lay.row_start(t - 1) + lay.content + len(prev.content_ids)
+                for i, tok in enumerate(pending):
+                    self._text(base + i, tok, _key(_ROUND, self.seq))
+                    prev.content_slots.append(base + i)
+                    prev.content_ids.append(tok)
+                    self.seq += 1
+                prev.pending = []
                 base = lay.row_start(t - 1) + lay.tail
                 for i, tok in enumerate((self.im_end, self.newline)):
                     self._text(base + i, tok, _key(_ROUND, self.seq))
                     self.seq += 1
             else:
-                self.cursor += 2  # native positions count the tail even when it was never cached
+                # A text_round of 1 retired that turn before its tail was cached; the original then drops
+                # the "\n" that opens this round, as its kept ids end in one. Native positions count the
+                # pending stop and the tail as if written.
+                self.cursor += len(pending) + 2
         row0 = lay.row_start(t)
         query_slots: list[int] = []
         slot, i = row0, 0
@@ -403,6 +513,20 @@ class HostStream:
                                      time_mode="float").T  # [n_vision, 3]
         if rel.shape[0] != n_vision:
             raise ValueError(f"grid_thw {tuple(grid_thw)} gives {rel.shape[0]} merged tokens, not {n_vision}.")
+        # Spans the policy drops separately: the user text (after `<|im_start|>user\n`, up to
+        # <|vision_start|>), the vision block with its markers, and the assistant header.
+        first_nl = next((k for k, x in enumerate(prompt) if x == self.newline), 0)
+        header_at = max(k for k, x in enumerate(prompt) if x == prompt[0])
+        spans: dict[str, list[int]] = {"user_text": [], "vision": [], "header": []}
+
+        def note(k: int, at: int) -> None:
+            if first_nl < k < vision_start - 1:
+                spans["user_text"].append(at)
+            elif vision_start - 1 <= k <= vision_start + n_vision:
+                spans["vision"].append(at)
+            elif k >= header_at:
+                spans["header"].append(at)
+
         while i < len(prompt):
             if i == vision_start and n_vision:
                 # The whole block at once: one rotary unit starting at the cursor.
@@ -413,6 +537,7 @@ class HostStream:
                 self.rel[sl], self.ext[sl] = rel, float(rel.max()) + 1.0
                 self.npos[sl], self.vis[sl] = self.cursor + rel, np.arange(n_vision)
                 self._new.extend(range(slot, slot + n_vision))
+                spans["vision"].extend(range(slot, slot + n_vision))
                 self.seq += n_vision
                 self.cursor += float(rel.max()) + 1.0
                 slot += n_vision
@@ -424,6 +549,7 @@ class HostStream:
                 self._text(q, prompt[i], _key(_ROUND, self.seq))
             else:
                 self._text(slot, prompt[i], _key(_ROUND, self.seq))
+                note(i, slot)
                 slot += 1
             self.seq += 1
             i += 1
@@ -432,7 +558,7 @@ class HostStream:
             self._text(base + i, int(tok), _key(_ROUND, self.seq))
             self.seq += 1
         self.rows[t % lay.num_rows] = _Row(t, list(range(base, base + len(answer_prefix))),
-                                           [int(x) for x in answer_prefix], query_slots)
+                                           [int(x) for x in answer_prefix], query_slots, **spans)
         self.second = t + 1
         new = np.asarray(self._new, np.int64)
         self._new = []
@@ -446,9 +572,14 @@ class HostStream:
                          move_src=src, move_dst=dst, base_slot=base + len(answer_prefix),
                          base_order=int(o.size), base_pos=float(base_pos))
 
-    def commit(self, content: Sequence[int]) -> None:
+    def commit(self, content: Sequence[int], stop: int | None = None) -> None:
         """Record the content tokens generated (and written to the cache) for the latest second, after its
-        answer prefix if it had one."""
+        answer prefix if it had one.
+
+        stop: the sampled token that ended the turn, if any. A stop other than <|im_end|> (e.g.
+        <|endoftext|>) stays in the turn before the <|im_end|> the original appends; like that
+        <|im_end|>, it is cached with the next second's tokens.
+        """
         lay = self.layout
         t = self.second - 1
         row = self.rows[t % lay.num_rows]
@@ -462,6 +593,11 @@ class HostStream:
         self._new = []
         row.content_slots += list(range(base, base + len(content)))
         row.content_ids += [int(x) for x in content]
+        row.pending = [] if stop is None or int(stop) == self.im_end else [int(stop)]
+        row.n_content = len(row.content_ids)
+        if row.pending and row.n_content >= lay.content_len:
+            raise ValueError(f"A stop token after {row.n_content} content tokens exceeds the row's {lay.content_len} "
+                             f"content slots.")
 
     # ---------------------------------------------------------------- reads
     def _sorted_valid(self) -> np.ndarray:

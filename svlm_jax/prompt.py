@@ -30,7 +30,7 @@ from typing import Sequence
 from svlm_jax.tokenizer import ChatTokenizer
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-DEFAULT_QUERY = "Commentate on this video"
+DEFAULT_QUERY = "Commentate on this match"  # the original's, fidelity.md §d
 SILENCE = " ..."
 
 
@@ -212,3 +212,12 @@ def truncate_block(ids: Sequence[int], start: int, end: int, sink: int, window: 
     if (sink == 0 and window == 0) or end + 1 - start < sink + window:
         return ids
     return ids[:start + sink] + ids[end + 1 - window:]
+
+
+def encode_previous(tok: ChatTokenizer, text: str) -> list[int]:
+    """Previous text -> ids as the chat template tokenizes it: in one string with its `previous text\n`
+    header, so byte-level BPE sees the same pre-token boundaries. Falls back to `text` alone when its
+    start would merge with the header's newline (text that starts with a line break)."""
+    head = "previous text\n"
+    hid, ids = tok.encode(head), tok.encode(head + text)
+    return ids[len(hid):] if ids[:len(hid)] == hid else tok.encode(text)

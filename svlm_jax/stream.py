@@ -39,8 +39,8 @@ from svlm_jax.cache import CacheFull, HostStream, StreamCache, StreamConfig, cac
 from svlm_jax.config import ModelConfig
 from svlm_jax.layers import apply_rotary
 from svlm_jax.model import Qwen25VL
-from svlm_jax.prompt import (DEFAULT_QUERY, DEFAULT_SYSTEM, SILENCE, build_prefix, build_round, question_text,
-                             truncate_middle)
+from svlm_jax.prompt import (DEFAULT_QUERY, DEFAULT_SYSTEM, SILENCE, build_prefix, build_round, encode_previous,
+                             question_text, truncate_middle)
 from svlm_jax.rope import text_cos_sin
 from svlm_jax.text import LayerKV, read_cache
 from svlm_jax.tokenizer import ChatTokenizer
@@ -442,8 +442,11 @@ class Streamer:
         if mode == "sliding":
             scfg = scfg.replace(text_sink=0)
         elif mode == "full":
-            longest = max(len(tokenizer.encode(p)) if p else 0 for p in prevs)
-            scfg = scfg.replace(evict=False, text_sink=longest, text_window=0)
+            longest = max(len(encode_previous(tokenizer, p)) if p else 0 for p in prevs)
+            scfg = scfg.replace(evict=False, text_sink=longest, text_window=0, text_round=None)
+        elif mode == "recompute" and scfg.turns > scfg.vision_window:
+            raise ValueError(f"recompute mode keeps one row per second of vision, so text_round ({scfg.turns}) must "
+                             f"not exceed vision_window ({scfg.vision_window}).")
         self.scfg = scfg
         self.queries: list[str | None] = []
         self._prefixes: list[tuple[list[int], list[int], list[int]]] = []
@@ -482,8 +485,10 @@ class Streamer:
         if q and len(tok.encode(q)) > scfg.query_tokens:
             raise ValueError(f"The query takes {len(tok.encode(q))} tokens but StreamConfig.query_tokens "
                              f"is {scfg.query_tokens}; raise query_tokens or shorten the query.")
-        prev = tok.encode(previous_text) if previous_text else []
-        pre = build_prefix(tok, truncate_middle(prev, scfg.text_sink, scfg.text_window), system=system)
+        prev = encode_previous(tok, previous_text) if previous_text else []
+        if scfg.older_text == "svlm":  # the original prefills it whole; HostStream.start cuts it a second later
+            prev = truncate_middle(prev, scfg.text_sink, scfg.text_window)
+        pre = build_prefix(tok, prev, system=system)
         head, tail = pre.ids[:pre.prev_start], pre.ids[pre.prev_end:]
         if len(head) + len(tail) > scfg.prefix_tokens:
             raise ValueError(f"The system prompt and previous-text header take {len(head) + len(tail)} tokens "
@@ -748,7 +753,8 @@ class Streamer:
                 comments.append(None)
                 continue
             written = [int(x) for x in out[b, :n[b]]]
-            self.hosts[b].commit(written)
+            stop = int(out[b, n[b]]) if n[b] < out.shape[1] and out[b, n[b]] >= 0 else None  # what ended it
+            self.hosts[b].commit(written, stop)
             content = written[cut[b]:]
             shown = content[:-len(self.silence)] if self.silence and content[-len(self.silence):] == self.silence \
                 else content
@@ -904,3 +910,36 @@ def synthetic_seconds(cfg: ModelConfig, grid_hw: tuple[int, int] = (4, 4), *, fp
         px = rng.standard_normal((int(np.prod(grid)), cfg.vision.patch_dim), dtype=np.float32)
         yield Second(index=i, t0=start + i, t1=start + i + 1, fps=fps, frames=frames, pixel_values=px, grid_thw=grid)
         i += 1
+
+
+def chunked(seconds: Iterable[Any], duration: int) -> Iterator[Any]:
+    """Rounds of `duration` seconds, as the original's `chunk_duration`: one clip of duration*fps frames
+    (grid t summed, patches in time order) labelled Time=t0-t1. duration 1 passes `seconds` through.
+
+    seconds: `video.Second`s of one frame size. A stream that ends inside a round yields what it has,
+    marked partial.
+    """
+    if duration < 1:
+        raise ValueError(f"chunk duration must be >= 1 second, got {duration}.")
+    if duration == 1:
+        yield from seconds
+        return
+    group: list[Second] = []
+    for sec in seconds:
+        group.append(sec)
+        if len(group) == duration or getattr(sec, "partial", False):
+            yield _merge(group)
+            group = []
+    if group:
+        yield dataclasses.replace(_merge(group), partial=True)
+
+
+def _merge(group: Sequence[Second]) -> Second:
+    a, b = group[0], group[-1]
+    grid = np.asarray(a.grid_thw).copy()
+    grid[0, 0] = sum(int(np.asarray(s.grid_thw)[0, 0]) for s in group)
+    if any(tuple(np.asarray(s.grid_thw)[0, 1:]) != tuple(grid[0, 1:]) for s in group):
+        raise ValueError("A round's seconds have different frame sizes; chunk a stream of one frame size.")
+    return Second(index=a.index, t0=a.t0, t1=b.t1, fps=a.fps, frames=np.concatenate([s.frames for s in group]),
+                  pixel_values=np.concatenate([s.pixel_values for s in group]), grid_thw=grid,
+                  partial=bool(getattr(b, "partial", False)), num_real=int(getattr(b, "num_real", 0)))

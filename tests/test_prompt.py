@@ -9,7 +9,7 @@ CFG = ModelConfig.tiny()
 
 @pytest.fixture(scope="module")
 def tok():
-    return ChatTokenizer.from_tokenizer(word_level_tokenizer(["red", "ball", "enters", "bounces"], CFG))
+    return ChatTokenizer.from_tokenizer(word_level_tokenizer(["red", "ball", "enters", "bounces", "match"], CFG))
 
 
 def test_template_text(tok):
@@ -19,7 +19,7 @@ def test_template_text(tok):
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                     "<|im_start|>previous text\n red ball<|im_end|>\n"
                     "<|im_start|>user\nTime=12.0-13.0s<|vision_start|><|video_pad|><|video_pad|><|vision_end|>"
-                    "Commentate on this video<|im_end|>\n<|im_start|>assistant\n red ball ...<|im_end|>\n")
+                    "Commentate on this match<|im_end|>\n<|im_start|>assistant\n red ball ...<|im_end|>\n")
     assert tok.decode(prefix.ids[prefix.prev_start:prefix.prev_end]) == " red ball"
 
 

@@ -12,7 +12,7 @@ from svlm_jax.cache import CacheFull, StreamConfig, cache_bytes
 from svlm_jax.prompt import DEFAULT_QUERY, SILENCE, build_prefix, build_round
 from svlm_jax.stream import SamplingConfig, Streamer, sample_token, stop_ids_for, synthetic_seconds
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
-from tests.stream_reference import History, older_length, retained
+from tests.stream_reference import History, Reference
 
 CFG = ModelConfig.tiny()
 WORDS = ["red", "ball", "enters", "bounces", "goal", "what", "a", "shot"]
@@ -77,13 +77,16 @@ def test_streamed_logits_match_forward(params, tok, fps):
 
 # ------------------------------------------------------------------------------------------ policy
 def _forced_content(rng, tok, max_new):
-    """Random commentary: 0..max_new word tokens, often ending in the silence placeholder."""
+    """Random commentary: 0..max_new word tokens, often ending in the silence placeholder, sometimes ended by
+    <|endoftext|> (a stop id the original keeps in the turn) or cut at max_new (no stop at all)."""
     words = [tok.encode(" " + w)[0] for w in WORDS]
     silence = tok.encode(SILENCE)
     n = int(rng.integers(0, max_new + 1))
     content = [int(x) for x in rng.choice(words, n)]
     if n >= len(silence) and rng.random() < 0.6:
         content[n - len(silence):] = silence
+    if n < max_new and rng.random() < 0.2:
+        content.append(tok.endoftext)
     return content
 
 
@@ -95,41 +98,65 @@ def _device_retained(cache, b=0):
     return np.asarray(cache.tokens)[b][slots].tolist(), np.asarray(cache.pos)[b][slots]
 
 
-@pytest.mark.parametrize("pos_mode,keep_query,fps,window,n_sec", [
-    ("contiguous", False, 2, 4, 200), ("native", True, 8, 4, 200), ("contiguous", True, 2, 1, 40),
-    ("native", False, 2, 1, 40)])
-def test_policy_matches_reference(params, tok, pos_mode, keep_query, fps, window, n_sec):
-    """At every second the retained tokens and positions (host tables and device cache) equal the reference."""
+LONG_PREVIOUS = " ".join(WORDS * 4)  # 32 tokens: over text_sink + text_window, so the first second holds more
+
+
+@pytest.mark.parametrize("pos_mode,keep_query,fps,window,text_round,older_text,prev,n_sec", [
+    ("contiguous", False, 2, 4, None, "original", LONG_PREVIOUS, 200),
+    ("native", True, 8, 4, None, "original", LONG_PREVIOUS, 80),
+    ("contiguous", True, 2, 4, 2, "original", "red ball what a shot", 60),
+    ("native", False, 2, 2, 5, "original", LONG_PREVIOUS, 60),
+    ("contiguous", False, 2, 1, 1, "original", "red ball what a shot", 40),
+    ("contiguous", True, 2, 4, None, "svlm", LONG_PREVIOUS, 60),
+    ("native", False, 2, 1, None, "svlm", "red ball what a shot", 30)])
+def test_policy_matches_reference(params, tok, pos_mode, keep_query, fps, window, text_round, older_text, prev,
+                                  n_sec):
+    """At every second the retained tokens and positions (host tables and device cache) equal the reference:
+    sink fill, first turn moved, older-text overflow and truncation, text_round apart from the vision window,
+    turns cut at the cap or ended by <|endoftext|>."""
     n_vis = 4 * math.ceil(fps / 2)
-    scfg = small(vision_window=window, vision_tokens=n_vis, keep_query=keep_query, pos_mode=pos_mode)
-    prev = "red ball what a shot"
+    scfg = small(vision_window=window, vision_tokens=n_vis, keep_query=keep_query, pos_mode=pos_mode,
+                 text_round=text_round, older_text=older_text)
     st = Streamer(CFG, params, tok, scfg, sampling=GREEDY, previous_text=prev, query=DEFAULT_QUERY)
     pre = build_prefix(tok, tok.encode(prev))
     hist = History(head=pre.ids[:pre.prev_start], previous=tok.encode(prev), tail=pre.ids[pre.prev_end:],
-                   im_end=tok.im_end, newline=tok.encode("\n")[0], silence=tok.encode(SILENCE))
+                   im_end=tok.im_end, newline=tok.encode("\n")[0], silence=tok.encode(SILENCE), im_start=tok.im_start,
+                   vision_start=tok.vision_start, vision_end=tok.vision_end)
+    ref = Reference(CFG, hist, vision_window=window, text_round=scfg.turns, text_sink=scfg.text_sink,
+                    text_window=scfg.text_window, keep_query=keep_query, older_text=older_text)
     rng = np.random.default_rng(7)
-    lengths = []
+    lengths, held = [], []
     for t, sec in enumerate(synthetic_seconds(CFG, (4, 4), fps=fps, seconds=n_sec, seed=2)):
-        content = _forced_content(rng, tok, scfg.max_new_tokens)
-        c = st.step([sec], force=[content])[0]
+        forced = _forced_content(rng, tok, scfg.max_new_tokens)
+        c = st.step([sec], force=[forced])[0]
+        content = [x for x in forced if x != tok.endoftext]
         assert list(c.tokens) == content
         rnd = build_round(tok, sec.t0, sec.t1, n_vis, query=DEFAULT_QUERY if t == 0 else None)
         q0 = rnd.vision_start + n_vis + 1
         span = (q0, q0 + len(tok.encode(DEFAULT_QUERY))) if t == 0 else (0, 0)
         hist.rounds.append((rnd.prompt, sec.grid_thw[0].tolist(), sec.second_per_grid_ts, span))
         hist.contents.append(content)
-        ids, pos = retained(CFG, hist, t, vision_window=window, text_sink=scfg.text_sink,
-                            text_window=scfg.text_window, keep_query=keep_query, pos_mode=pos_mode)
+        hist.stops.append(tok.endoftext if len(forced) > len(content) else
+                          None if len(content) == scfg.max_new_tokens else tok.im_end)
+        ref.advance()
+        ids, pos = ref.ids(), ref.positions(pos_mode)
         host_ids, host_pos, _ = st.hosts[0].retained()
         assert host_ids.tolist() == ids, f"second {t}: host tokens differ from the reference"
         np.testing.assert_array_equal(host_pos, pos, err_msg=f"second {t}: host positions")
         dev_ids, dev_pos = _device_retained(st.cache)
         assert dev_ids == ids, f"second {t}: device tokens differ from the reference"
         np.testing.assert_array_equal(dev_pos, pos.astype(np.float32), err_msg=f"second {t}: device positions")
-        lengths.append(older_length(hist, t, window))
-    # The run must cover the second the sink fills and the second older text overflows its window.
-    assert lengths[0] < scfg.text_sink < lengths[-1]
-    assert any(a <= scfg.text_sink + scfg.text_window < b for a, b in zip(lengths, lengths[1:]))
+        lengths.append(ref.older_length())
+        held.append(len(ref.older))
+    # The run covers the second the sink fills and the second older text overflows its window; under the
+    # original's rule a long previous text is whole in second 0 and cut at the start of second 1.
+    assert lengths[-1] > scfg.text_sink + scfg.text_window and max(held) <= max(len(hist.previous),
+                                                                                 scfg.text_sink + scfg.older_tail)
+    if len(hist.previous) < scfg.text_sink:
+        assert any(a < scfg.text_sink <= b for a, b in zip(lengths, lengths[1:]))
+    if prev == LONG_PREVIOUS and older_text == "original":
+        assert held[0] == len(hist.previous) > scfg.text_sink + scfg.older_tail == held[1]
+    assert {None, tok.im_end, tok.endoftext} <= set(hist.stops)  # cap, <|im_end|> and <|endoftext|> turns
     if pos_mode == "contiguous":
         assert pos.min() == 0 and pos.max() < 400  # bounded however long the stream runs
 
@@ -222,7 +249,7 @@ def test_sliding_and_recompute_keep_the_streaming_window(params, tok):
     """sliding drops the text sink; recompute keeps the streaming sequence but rebuilds its K/V."""
     scfg, n = small(), 12
     secs = list(synthetic_seconds(CFG, (4, 4), seconds=n, seed=8))
-    force = [[tok.encode(" red")[0], tok.encode(" ball")[0]]]
+    force = [[tok.encode(" red")[0], tok.encode(" ball")[0]] + tok.encode(SILENCE)]
     seqs = {}
     for mode in ("streaming", "sliding", "recompute"):
         st = Streamer(CFG, params, tok, scfg, sampling=GREEDY, mode=mode)
@@ -231,7 +258,7 @@ def test_sliding_and_recompute_keep_the_streaming_window(params, tok):
         seqs[mode] = st.hosts[0].retained()[0].tolist()
     assert seqs["recompute"] == seqs["streaming"]
     older = 2 * (n - scfg.vision_window)  # two tokens from every evicted second
-    kept = min(older, scfg.text_sink + scfg.text_window) - min(older, scfg.text_window)
+    kept = min(older, scfg.text_sink + scfg.older_tail) - min(older, scfg.older_tail)
     assert older > scfg.text_window and len(seqs["sliding"]) == len(seqs["streaming"]) - kept
 
 
