@@ -18,14 +18,37 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
-from typing import IO, Iterable
+from typing import IO, Callable, Iterable, Sequence
 
-from svlm_jax.cache import CacheFull, StreamConfig
+from svlm_jax.cache import OLDER_TEXT_RULES, CacheFull, StreamConfig
 from svlm_jax.errors import SvlmError, check_output, one_line, silence_stdout
 from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM
-from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, stop_ids_for
+from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, chunked, stop_ids_for
 from svlm_jax.video import MAX_FPS, VideoError
+
+
+FORMATS = ("svlm", "original")
+
+
+def original_vtt_time(t: float) -> str:
+    """Seconds -> the original's VTT stamp (`sec2ts`): HH:MM:SS.mmm with the milliseconds truncated, int(frac*1000)."""
+    whole = int(t)
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}.{int((t - whole) * 1000):03d}"
+
+
+def original_cue(c: Comment, response: str) -> str:
+    """One second as the original writes it to its VTT (fidelity.md §f): the full response, " ..." included,
+    after the second's wall time; the second and third lines start with a space."""
+    loop = (c.vision_ms + c.prefill_ms + c.decode_ms) / 1e3
+    return f"{original_vtt_time(c.t0)} --> {original_vtt_time(c.t1)}\n Infer Time: {loop:.3f}s\n {response}\n\n"
+
+
+def original_segment(c: Comment, response: str) -> str:
+    """One second as the original's --emit_json prints it (fidelity.md §f): its last 4 characters cut blindly."""
+    return json.dumps({"type": "segment", "start": float(c.t0), "end": float(c.t1), "text": response[:-4]},
+                      ensure_ascii=False)
 
 
 def vtt_time(t: float) -> str:
@@ -40,8 +63,12 @@ def vtt_time(t: float) -> str:
 class Outputs:
     """Where commentary goes: stdout (text or JSON lines) and an optional WebVTT file, flushed per second."""
 
-    def __init__(self, *, jsonl: bool, vtt_path: str | None, out: IO[str] | None = None):
+    def __init__(self, *, jsonl: bool, vtt_path: str | None, out: IO[str] | None = None, fmt: str = "svlm",
+                 decode: Callable[[Sequence[int]], str] | None = None):
+        if fmt not in FORMATS or (fmt == "original" and decode is None):
+            raise ValueError(f"fmt must be one of {FORMATS} (original needs the tokenizer's decode), got {fmt!r}.")
         self.jsonl, self.out, self.count = jsonl, out if out is not None else sys.stdout, 0
+        self.fmt, self.decode = fmt, decode
         self.vtt = None
         if vtt_path:
             self.vtt = open(vtt_path, "w", encoding="utf-8")
@@ -51,6 +78,17 @@ class Outputs:
     def write(self, c: Comment) -> None:
         """Emit one second: a JSON line or `[t0-t1s] text` (silent seconds print nothing), and a VTT cue."""
         self.count += 1
+        if self.fmt == "original":
+            # The full response as the original decodes it: special tokens skipped, " ..." kept.
+            response = self.decode(c.tokens)
+            if self.jsonl:
+                print(original_segment(c, response), file=self.out, flush=True)
+            elif c.text:
+                print(f"[{c.t0:.1f}-{c.t1:.1f}s] {c.text}", file=self.out, flush=True)
+            if self.vtt is not None:
+                self.vtt.write(original_cue(c, response))
+                self.vtt.flush()
+            return
         if self.jsonl:
             print(json.dumps(c.to_json(), ensure_ascii=False), file=self.out, flush=True)
         else:
@@ -126,7 +164,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="per-frame pixel budget (default: the checkpoint's training budget, else 768*28*28)")
     ap.add_argument("--start", type=float, default=0.0, help="start second of a file (0)")
     ap.add_argument("--end", type=float, default=None, help="stop before this second (default: the end)")
-    ap.add_argument("--vision-window", type=int, default=d.vision_window, help="seconds of vision kept (16)")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="stream at most this many seconds, then stop (default: until the video ends)")
+    ap.add_argument("--chunk-duration", type=int, default=1,
+                    help="seconds per round: each round's clip has chunk*fps frames and one Time=a-bs label (1)")
+    ap.add_argument("--vision-window", type=int, default=d.vision_window, help="rounds of vision kept (16)")
+    ap.add_argument("--text-round", type=int, default=16,
+                    help="commentary turns kept in place, the current one included; older ones become older text (16)")
+    ap.add_argument("--older-text", choices=OLDER_TEXT_RULES, default=d.older_text,
+                    help="original: StreamingVLM's rules; svlm: svlm-jax's (see docs/STREAMING.md) (original)")
     ap.add_argument("--text-sink", type=int, default=d.text_sink, help="first tokens of older text kept (512)")
     ap.add_argument("--text-window", type=int, default=d.text_window, help="last tokens of older text kept (512)")
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens per second, at most (20)")
@@ -157,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="ask QUESTION in the second holding video time T (repeatable)")
     ap.add_argument("--question-tokens", type=int, default=32, help="room for a question, with --ask (32)")
     ap.add_argument("--answer-tokens", type=int, default=16, help="answer tokens at most, with --ask (16)")
+    ap.add_argument("--format", choices=FORMATS, default="svlm", dest="fmt",
+                    help="original: the VTT cues and --jsonl lines byte for byte as StreamingVLM writes them (svlm)")
     return ap.parse_args(argv)
 
 
@@ -193,7 +241,10 @@ def _main(a: argparse.Namespace) -> int:
             repetition_penalty=a.repetition_penalty, greedy=a.greedy or a.temperature == 0)
         base = StreamConfig(vision_window=a.vision_window, text_sink=a.text_sink, text_window=a.text_window,
                             max_new_tokens=a.max_new_tokens, query_tokens=a.query_tokens, keep_query=a.keep_query,
-                            pos_mode=a.pos_mode)
+                            pos_mode=a.pos_mode, text_round=a.text_round, older_text=a.older_text)
+        if a.chunk_duration < 1 or (a.duration is not None and a.duration <= 0):
+            raise ValueError(f"--chunk-duration must be >= 1 and --duration > 0, got {a.chunk_duration} and "
+                             f"{a.duration}.")
         if a.ask:  # room for questions and answers in every row, only when asked for
             base = base.replace(question_tokens=a.question_tokens, answer_tokens=a.answer_tokens)
         tok = ChatTokenizer.from_dir(a.ckpt)
@@ -204,9 +255,12 @@ def _main(a: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    rounds = chunked(frames, a.chunk_duration)
+    if a.duration is not None:  # the original's `duration`: ceil(duration / chunk) rounds
+        rounds = itertools.islice(rounds, math.ceil(a.duration / a.chunk_duration))
     try:
         try:
-            first = next(frames)
+            first = next(rounds)
         except StopIteration:
             print(f"error: {a.video!r} gave no frames.", file=sys.stderr)
             return 2
@@ -219,11 +273,11 @@ def _main(a: argparse.Namespace) -> int:
             streamer = Streamer(cfg, params, tok, base.replace(vision_tokens=n_vision), sampling=sampling,
                                 seed=a.seed, system=a.system, query=a.query or None, previous_text=a.previous_text,
                                 mode=a.mode, max_cache_bytes=int(a.max_cache_gib * 2**30), stop_ids=stop_ids)
-            outputs = Outputs(jsonl=a.jsonl, vtt_path=a.vtt)
+            outputs = Outputs(jsonl=a.jsonl, vtt_path=a.vtt, fmt=a.fmt, decode=tok.decode)
         except (ValueError, OSError, CacheFull) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        return run(streamer, itertools.chain([first], frames), outputs, a.ask)
+        return run(streamer, itertools.chain([first], rounds), outputs, a.ask)
     finally:
         frames.close()
 

@@ -8,10 +8,10 @@ import pytest
 
 import svlm_jax
 from experiments.forward_demo import write_synthetic
-from experiments.stream import Outputs, main, run, vtt_time
+from experiments.stream import Outputs, main, original_vtt_time, run, vtt_time
 from svlm_jax import ModelConfig, init_params
 from svlm_jax.cache import StreamConfig
-from svlm_jax.stream import SamplingConfig, Streamer, synthetic_seconds
+from svlm_jax.stream import Comment, SamplingConfig, Streamer, synthetic_seconds
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 
 CFG = ModelConfig.tiny()
@@ -134,3 +134,42 @@ def test_ask_a_question_mid_stream(files, capsys):
     assert capsys.readouterr().out.startswith("[0.0-1.0s] Q: red A: ")
     with pytest.raises(SystemExit):
         main(["--ckpt", ckpt, "--video", video, "--ask", "soon:red"])
+
+
+# ------------------------------------------------------------------------------------------ --format original
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def test_original_format_is_byte_exact(qwen_tok, tmp_path):
+    """VTT cues and JSON lines equal hand-written files in the original's format (fidelity.md §f): " Infer Time"
+    line, full response with " ...", a cue for every second (silent ones too), truncated milliseconds, the
+    JSON keys, response[:-4] even where it cuts real words, non-ASCII kept."""
+    turns = [(0.0, 1.0, " Curry brings it up ...", (12.0, 30.0, 101.0)),
+             (1.0, 2.0, " ...", (10.0, 20.0, 20.0)),
+             (12.3459, 13.3459, " and the crowd goes wild", (250.0, 500.0, 500.0)),  # a 20-token cap: no " ..."
+             (3601.5, 3602.5, " Warriors’ lead ...", (50.0, 25.0, 25.0))]
+    out, vtt = io.StringIO(), tmp_path / "out.vtt"
+    outputs = Outputs(jsonl=True, vtt_path=str(vtt), out=out, fmt="original", decode=qwen_tok.decode)
+    for i, (t0, t1, text, (v, p, d)) in enumerate(turns):
+        ids = qwen_tok.encode(text)
+        outputs.write(Comment(stream=0, index=i, t0=t0, t1=t1, text=text.removesuffix(" ...").strip(),
+                              tokens=tuple(ids), vision_ms=v, prefill_ms=p, decode_ms=d, n_tokens=len(ids)))
+    outputs.close()
+    with open(os.path.join(DATA, "stream_original.vtt"), "rb") as f:
+        assert vtt.read_bytes() == f.read()
+    with open(os.path.join(DATA, "stream_original.jsonl"), "rb") as f:
+        assert out.getvalue().encode() == f.read()
+    assert original_vtt_time(2.9996) == "00:00:02.999" and vtt_time(2.9996) == "00:00:03.000"
+
+
+def test_original_format_end_to_end(files, capsys):
+    """The CLI with --format original, a duration cap and two-second rounds: one segment per round."""
+    root, ckpt, video = files
+    vtt = root / "orig.vtt"
+    argv = ["--ckpt", ckpt, "--video", video, "--jsonl", "--vtt", str(vtt), "--format", "original",
+            "--duration", "2", "--chunk-duration", "2"] + SMALL
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["type"], x["start"], x["end"]) for x in lines] == [("segment", 0.0, 2.0)]
+    cues = vtt.read_text().split("\n\n")
+    assert cues[0] == "WEBVTT" and cues[1].startswith("00:00:00.000 --> 00:00:02.000\n Infer Time: ")
