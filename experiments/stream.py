@@ -27,6 +27,7 @@ from svlm_jax.errors import SvlmError, check_output, one_line, silence_stdout
 from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM
 from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, chunked, stop_ids_for
 from svlm_jax.video import MAX_FPS, VideoError
+from svlm_jax.webvtt import vtt_time
 
 
 FORMATS = ("svlm", "original")
@@ -49,15 +50,6 @@ def original_segment(c: Comment, response: str) -> str:
     """One second as the original's --emit_json prints it (fidelity.md §f): its last 4 characters cut blindly."""
     return json.dumps({"type": "segment", "start": float(c.t0), "end": float(c.t1), "text": response[:-4]},
                       ensure_ascii=False)
-
-
-def vtt_time(t: float) -> str:
-    """Seconds -> WebVTT time stamp HH:MM:SS.mmm."""
-    ms = int(round(t * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
 class Outputs:

@@ -4,14 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-
-def vtt_time(t: float) -> str:
-    """Seconds -> WebVTT time stamp HH:MM:SS.mmm."""
-    ms = int(round(t * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+from svlm_jax.webvtt import vtt_time
 
 
 def to_vtt(entries: Iterable[dict[str, Any]]) -> str:

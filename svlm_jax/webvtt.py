@@ -1,0 +1,11 @@
+"""WebVTT time stamps, shared by the stream CLI's subtitles and the server's transcripts."""
+from __future__ import annotations
+
+
+def vtt_time(t: float) -> str:
+    """Seconds -> WebVTT time stamp HH:MM:SS.mmm (rounded to the millisecond)."""
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
