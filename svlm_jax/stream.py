@@ -328,9 +328,9 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
 
 
 @jax.jit
-def _reseed(keys, slot, seed, stream_id):
-    """keys [B] with keys[slot] = fold_in(key(seed), stream_id): a session's sampler (slot, ids: int32 scalars)."""
-    return keys.at[slot].set(jax.random.fold_in(jax.random.key(seed), stream_id))
+def _reseed(keys, slot, base, stream_id):
+    """keys [B] with keys[slot] = fold_in(base, stream_id): a session's sampler (slot, stream_id: int32 scalars)."""
+    return keys.at[slot].set(jax.random.fold_in(base, stream_id))
 
 
 # ------------------------------------------------------------------------------------------ streamer
@@ -469,10 +469,10 @@ class Streamer:
         if len(ids) != batch:
             raise ValueError(f"stream_ids has {len(ids)} entries for {batch} streams; pass one per stream.")
         self.seed = seed
-        base = jax.random.key(seed)
+        self._base_key = base = jax.random.key(seed)
         self.keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids))
         # Compile the one-slot reseed now, so opening a session later compiles nothing.
-        self.keys = _reseed(self.keys, np.int32(0), np.uint32(seed), np.int32(ids[0]))
+        self.keys = _reseed(self.keys, np.int32(0), base, np.int32(ids[0]))
         self.last_logits: np.ndarray | None = None
         self.last_prefill_logits: np.ndarray | None = None
         self._meta: dict[tuple, dict] = {}
@@ -558,7 +558,7 @@ class Streamer:
             self._tables_memo.pop(slot, None)
             self._window_pixels[slot] = [None] * self.scfg.vision_window
         sid = slot if stream_id is None else int(stream_id)
-        self.keys = _reseed(self.keys, np.int32(slot), np.uint32(self.seed), np.int32(sid))
+        self.keys = _reseed(self.keys, np.int32(slot), self._base_key, np.int32(sid))
         return slot
 
     def close(self, slot: int) -> None:

@@ -191,3 +191,15 @@ def test_session_and_question_errors_are_clear(params, tok):  # noqa: F811
         st.open(query=" ".join(["ball"] * 9))
     assert st.free_slots == [1]  # a refused open takes no slot
     assert st.open() == 1 and st.free_slots == []
+
+
+def test_reopened_slot_samples_as_a_fresh_streamer_with_its_id(params, tok):  # noqa: F811
+    secs = list(synthetic_seconds(CFG, seconds=2, seed=40))
+    st = Streamer(CFG, params, tok, small(), seed=3, batch=2)
+    st.step([secs[0], secs[1]])  # the slot's old session leaves cache rows and a sampler behind
+    st.close(1)
+    assert st.open(stream_id=5) == 1
+    got = [st.step([None, s])[1].tokens for s in secs]
+    fresh = Streamer(CFG, params, tok, small(), seed=3, stream_ids=[5])
+    assert got == [c.tokens for c in fresh.run(secs)] != [c.tokens for c in Streamer(
+        CFG, params, tok, small(), seed=3).run(secs)]
