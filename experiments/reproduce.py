@@ -119,7 +119,7 @@ def _trainer(plan: Plan, cfg):
 def train_variant(plan: Plan, variant: str, seed: int, paths: dict, out: str, log) -> str:
     """Train (or resume, or reuse) one SFT variant; returns its saved model directory."""
     model_dir = os.path.join(out, "model")
-    if os.path.exists(os.path.join(model_dir, "config.json")):
+    if os.path.exists(os.path.join(out, "train_summary.json")):  # written once the model is saved
         return model_dir
     import jax
 
