@@ -585,6 +585,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, help="training seeds of the headline comparisons (default 3; quick 1)")
     p.add_argument("--report", action="store_true",
                    help="only write the report from the results already on disk (train and stream nothing)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                   help="only train and stream these variants now (another process may run the rest)")
     p.add_argument("--steps", type=int, help="optimizer steps per model (default 400; quick 4)")
     return p.parse_args(argv)
 
@@ -609,7 +611,9 @@ def main(argv=None) -> int:
     meta_path = os.path.join(out, "meta.json")
     meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {
         "load_start": _load(), "wall_s": 0.0, "train_s": 0.0, "stream_s": 0.0, "sessions": 0}
-    if meta.get("plan") not in (None, dataclasses.asdict(plan)):
+    # The number of seeds only adds runs, so it may change between sessions; nothing else may.
+    same = lambda a, b: {k: v for k, v in a.items() if k != "seeds"} == {k: v for k, v in b.items() if k != "seeds"}  # noqa: E731
+    if meta.get("plan") is not None and not same(meta["plan"], dataclasses.asdict(plan)):
         print(f"{out} holds a reproduction with another plan; pass a new --out.", file=sys.stderr)
         return 2
     meta.update(plan=dataclasses.asdict(plan), sessions=meta["sessions"] + (not args.report))
@@ -641,7 +645,7 @@ def main(argv=None) -> int:
         if os.path.exists(path):
             results[run.id] = json.load(open(path))
             continue
-        if args.report:
+        if args.report or (args.variants and run.variant not in args.variants):
             continue
         t = time.time()
         model_dir = train_variant(plan, run.variant, run.seed, paths,
