@@ -629,7 +629,8 @@ DISCUSSION: dict[str, dict[bool | None, str]] = {
                "to the sinks (system prompt, previous-text header, text sink) grows; every key in the vision and "
                "text windows stays as close as in training. This tiny model, trained on 8-s chunks, leans on those "
                "windows and hardly on the sinks, and the 800-s streams reach about 26k positions (about 32 tokens a "
-               "second), within one period (about 35k) of its slowest rotary frequency (theta 1e4, head dim 32). The paper's native run streams two hours "
+               "second), within one period (about 35k) of its slowest rotary frequency (theta 1e4, head dim 32). "
+               "The paper's native run streams two hours "
                "(millions of positions, far past the 7B model's trained context) with a model whose sinks carry "
                "much attention. Longer streams or a larger model are needed to test the claim here.",
     },
