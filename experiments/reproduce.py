@@ -587,7 +587,8 @@ def report(plan: Plan, results: dict[str, dict], claim_list: list[dict], meta: d
     L.append(f"![efficiency]({rel(eff_png)})\n")
     L.append(f"Milliseconds of wall time per second of video (one step of all {plan.streams} streams), median over "
              "the first and the last 20% of the stream, and the largest cache (device K/V + host tables). "
-             "The CPU was shared, so the absolute times are noisy; the ratios and the growth are the result.\n")
+             "The CPU was shared, so the absolute times are noisy; the ratios and the growth are the result. "
+             "The spikes of full attention are recompiles: its cache doubles when it fills.\n")
     L.append("| method | seconds reached | ms/s first 20% | ms/s last 20% | peak cache (KiB) |\n|---|---|---|---|---|")
     for label, run in series[:5]:
         r = one(run)
