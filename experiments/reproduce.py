@@ -1,6 +1,6 @@
 """The paper's claims in miniature: train the SFT variants, run the streaming grid, write the report.
 
-    python -m experiments.reproduce            # the full run (~30 min on an idle 2-core CPU), into runs/reproduce
+    python -m experiments.reproduce            # the full run (sized for ~30 min on an idle 2-core CPU), into runs/reproduce
     python -m experiments.reproduce --quick    # a smoke run (< 1 min) into runs/reproduce_quick
 
 It writes the name world (`svlm_jax.data.nameworld`: shapes whose names are shown only when they enter
