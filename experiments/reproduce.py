@@ -1,7 +1,7 @@
 """The paper's claims in miniature: train the SFT variants, run the streaming grid, write the report.
 
     python -m experiments.reproduce            # the full run (sized for ~30 min on an idle 2-core CPU), into runs/reproduce
-    python -m experiments.reproduce --quick    # a smoke run (< 1 min) into runs/reproduce_quick
+    python -m experiments.reproduce --quick    # a smoke run for CI (minutes) into runs/reproduce_quick
 
 It writes the name world (`svlm_jax.data.nameworld`: shapes whose names are shown only when they enter
 and must be read back from older commentary), trains a tiny model on overlapped chunks, on
@@ -695,7 +695,7 @@ def _atomic_json(path: str, obj: Any) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny data, a few steps, short streams (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="smoke run for CI: tiny data, a few steps, short streams")
     p.add_argument("--out", help="run directory (default runs/reproduce, or runs/reproduce_quick with --quick)")
     p.add_argument("--doc", help="report path (default docs/REPRODUCTION.md; docs/REPRODUCTION_quick.md with --quick)")
     p.add_argument("--figures", default="docs/figures", help="directory of the report's figures")
