@@ -1,6 +1,6 @@
 """The paper's claims in miniature: train the SFT variants, run the streaming grid, write the report.
 
-    python -m experiments.reproduce            # the full run (sized for ~30 min on an idle 2-core CPU), into runs/reproduce
+    python -m experiments.reproduce            # the full run (sized for ~30 min on an idle 2-core CPU)
     python -m experiments.reproduce --quick    # a smoke run for CI (minutes) into runs/reproduce_quick
 
 It writes the name world (`svlm_jax.data.nameworld`: shapes whose names are shown only when they enter
@@ -471,8 +471,9 @@ def report(plan: Plan, results: dict[str, dict], claim_list: list[dict], meta: d
         L.append("> **These are `--quick` smoke-run numbers** (a few training steps, streams far shorter than 100x "
                  "the training chunk). They show that the pipeline runs end to end; they say nothing about the "
                  "claims.\n")
-    L.append(f"Produced by `python -m experiments.reproduce{' --quick' if quick else ''}` "
-             f"(every number is in `{rel(meta['json'])}`).\n")
+    L.append(f"Produced by `python -m experiments.reproduce{' --quick' if quick else ''}`. Every number is in "
+             f"[{os.path.basename(meta['json']).replace('.json', tag + '.json')}]"
+             f"({rel(os.path.join(fig_dir, f'reproduction{tag}.json'))}).\n")
     done, total = (int(x) for x in meta["done"].split(" of "))
     if done < total:
         missing = [r.id for r in grid(plan) if r.id not in results]
@@ -792,7 +793,11 @@ def main(argv=None) -> int:
     _atomic_json(meta_path, meta)
     claim_list = claims(results, plan)
     slim = {k: {kk: vv for kk, vv in v.items() if kk != "transcript"} for k, v in results.items()}
-    _atomic_json(meta["json"], {"plan": dataclasses.asdict(plan), "meta": meta, "claims": claim_list, "runs": slim})
+    numbers = {"plan": dataclasses.asdict(plan), "meta": meta, "claims": claim_list, "runs": slim}
+    _atomic_json(meta["json"], numbers)
+    # A copy beside the report's figures, so the numbers travel with the docs (the run directory is scratch).
+    os.makedirs(args.figures, exist_ok=True)
+    _atomic_json(os.path.join(args.figures, f"reproduction{'_quick' if args.quick else ''}.json"), numbers)
     report(plan, results, claim_list, meta, doc, args.figures, args.quick)
     log("\nClaim | paper | measured | holds")
     for c in claim_list:

@@ -40,6 +40,7 @@ def test_quick_reproduction_writes_every_table_and_resumes(tmp_path):
         assert c["claim"] in first.stdout and c["paper"] in first.stdout
     assert os.path.getsize(tmp_path / "figures" / "reproduction_segments_quick.png") > 0
     assert os.path.getsize(tmp_path / "figures" / "reproduction_efficiency_quick.png") > 0
+    assert json.loads((tmp_path / "figures" / "reproduction_quick.json").read_text())["claims"] == data["claims"]
 
     again = _run(tmp_path)  # everything is on disk: nothing is trained or streamed again
     assert again.returncode == 0, again.stderr[-3000:]
