@@ -142,20 +142,82 @@ _RESUMABLE = {"eval_every", "eval_batches", "save_every", "keep", "workers", "no
 
 
 def _check_resume(args, out: str) -> None:
-    """Write the run's flags, or make sure a resumed run uses the same ones."""
+    """Make sure a resumed run uses the same flags as the run in `out` (ConfigError naming the differences)."""
+    from svlm_jax.errors import ConfigError
+
     path = os.path.join(out, "run.json")
-    flags = {k: v for k, v in sorted(vars(args).items())}
-    if os.path.exists(path):
-        with open(path) as f:
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
             old = json.load(f)
-        diff = {k: (old.get(k), v) for k, v in flags.items() if k not in _RESUMABLE and old.get(k) != v}
-        if diff:
-            raise SystemExit(f"{out} holds a run with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
-                             "rerun with the same flags to resume, or pick a new --out.")
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is damaged ({e}); it records the flags of the run in {out}: fix it, or delete it "
+                          f"to resume with the flags given now.") from None
+    flags = {k: v for k, v in sorted(vars(args).items())}
+    diff = {k: (old.get(k), v) for k, v in flags.items() if k not in _RESUMABLE and old.get(k) != v}
+    if diff:
+        raise ConfigError(f"{out} holds a run with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
+                          "rerun with the same flags to resume, or pick a new --out.")
+
+
+def _write_run(args, out: str) -> None:
+    """Record the run's flags in run.json (atomically), once every input has been checked."""
+    path = os.path.join(out, "run.json")
     tmp = path + ".part"
     with open(tmp, "w") as f:
-        json.dump(flags, f, indent=1)
+        json.dump({k: v for k, v in sorted(vars(args).items())}, f, indent=1)
     os.replace(tmp, path)
+
+
+def _paths(value) -> list[str]:
+    """A path flag's value as a list (None: empty; repeated flags give lists)."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def _check_inputs(args) -> None:
+    """Refuse a run that cannot work before anything is written: missing inputs, an --out that is a file or
+    one of the inputs, unknown --freeze prefixes. Raises the domain's error naming the flag."""
+    from svlm_jax.errors import ConfigError, DataNotFound, check_output
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out!r} is a file; pass a directory for the run (it is created if missing).")
+    from svlm_jax.data.mix import DataSpec
+
+    data = {flag: [DataSpec.parse(a).path for a in _paths(value)]
+            for flag, value in (("--data", args.data), ("--val-data", args.val_data))}
+    for flag, paths in data.items():
+        for p in paths:
+            if not os.path.isfile(p):
+                raise DataNotFound(f"{flag} {p!r} does not exist or is not a file; pass a JSONL annotation file.")
+    if args.video_root is not None and not os.path.isdir(args.video_root):
+        raise DataNotFound(f"--video-root {args.video_root!r} is not a directory.")
+    if args.tokenizer is not None and not os.path.exists(args.tokenizer):
+        raise DataNotFound(f"--tokenizer {args.tokenizer!r} does not exist; pass a tokenizer.json or its directory.")
+    inputs = data["--data"] + data["--val-data"] + _paths(args.tokenizer) + _paths(args.init)
+    check_output(args.out, inputs, what="--out directory")
+    check_output(os.path.join(args.out, "model"), inputs, what="exported model directory (--out/model)",
+                 replaces=True)
+    if args.init:
+        from svlm_jax.checkpoint import load_config
+
+        cfg = load_config(args.init)
+    elif args.demo:
+        cfg = demo_model_config()
+    else:
+        from svlm_jax import ModelConfig
+
+        cfg = ModelConfig.preset(args.preset)
+    from svlm_jax import param_shapes
+    from svlm_jax.train.optim import check_frozen
+
+    check_frozen(param_shapes(cfg), _frozen(args.freeze), flag="--freeze")
+
+
+def _frozen(flag: str) -> tuple[str, ...]:
+    return () if flag in ("", "none") else tuple(s.strip() for s in flag.split(",") if s.strip())
 
 
 def _split_by_video(records, fraction: float, seed: int):
@@ -235,7 +297,14 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
 
 
 def main(argv=None) -> int:
+    """The CLI; returns the exit code (2 with one line on stderr for bad input, 130 when interrupted)."""
+    from svlm_jax.errors import cli_main
+
     args = parse_args(argv)
+    return cli_main(lambda: _main(args), "train")
+
+
+def _main(args) -> int:
     # Grain hands batches over in shared memory. Segments still referenced at exit are unlinked by
     # multiprocessing's resource tracker, which warns about each; the cleanup is complete, so keep the
     # log clean (the tracker process inherits this filter).
@@ -255,6 +324,7 @@ def main(argv=None) -> int:
     from svlm_jax.data.mix import DataSpec, load_mix
     from svlm_jax.data.pipeline import PipelineConfig, eval_dataset, shard_chunks, train_dataset
     from svlm_jax.data.sample import BatchShapes, SampleConfig, geometric_buckets
+    from svlm_jax.errors import ConfigError, DataError
     from svlm_jax.tokenizer import ChatTokenizer
     from svlm_jax.train import loop as loop_lib
     from svlm_jax.train.optim import OptimConfig
@@ -263,8 +333,9 @@ def main(argv=None) -> int:
 
     lead = jax.process_index() == 0
     log = print if lead else (lambda *a, **k: None)
-    os.makedirs(args.out, exist_ok=True)
+    _check_inputs(args)
     _check_resume(args, args.out)
+    os.makedirs(args.out, exist_ok=True)
 
     # ---------------------------------------------------------------- model config and tokenizer
     if args.init:
@@ -291,7 +362,7 @@ def main(argv=None) -> int:
         train_path, val_path = args.data, args.val_data
         tok_path = args.tokenizer or args.init
         if tok_path is None:
-            raise SystemExit("No tokenizer: pass --tokenizer (a tokenizer.json) or an --init checkpoint that has one.")
+            raise ConfigError("No tokenizer: pass --tokenizer (a tokenizer.json) or an --init checkpoint that has one.")
     tok = ChatTokenizer.from_dir(tok_path)
     tok.check_model(cfg)
 
@@ -315,7 +386,7 @@ def main(argv=None) -> int:
 
         items, val_items = chunk_records(records(items), ccfg), chunk_records(records(val_items), ccfg)
     if not items:
-        raise SystemExit(f"No training samples in {', '.join(train_path)}"
+        raise DataError(f"No training samples in {', '.join(train_path)}"
                          + (f" with {args.window}-s windows of {args.min_words_per_second * args.window:g} words; "
                             "check the data or --min-words-per-second." if args.window else "; check the data."))
     scfg = SampleConfig(text_sink=args.text_sink, text_window=args.text_window, fps=args.fps,
@@ -344,7 +415,7 @@ def main(argv=None) -> int:
         eval_iter = iter(ds)
 
     # ---------------------------------------------------------------- trainer
-    frozen = () if args.freeze in ("", "none") else tuple(s.strip() for s in args.freeze.split(",") if s.strip())
+    frozen = _frozen(args.freeze)
     ocfg = OptimConfig(lr=args.lr, warmup_ratio=args.warmup_ratio, total_steps=args.steps,
                        weight_decay=args.weight_decay, clip_norm=args.clip, accum_steps=args.accum, frozen=frozen)
     abstract = param_shapes(cfg)
@@ -357,6 +428,8 @@ def main(argv=None) -> int:
             params = init_params(cfg, jax.random.key(args.seed))
         return trainer.init(params)
 
+    if lead:  # every input is checked: from here on this --out belongs to this command
+        _write_run(args, args.out)
     lcfg = loop_lib.LoopConfig(out=args.out, total_steps=args.steps, eval_every=args.eval_every,
                                save_every=args.save_every, keep=args.keep, eval_batches=eval_batches,
                                baseline=baseline, progress=not args.no_progress)

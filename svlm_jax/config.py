@@ -179,7 +179,9 @@ class ModelConfig:
         """Look a preset up by name: tiny, 100m, 3b, 7b."""
         table = {"tiny": cls.tiny, "100m": cls.small_100m, "3b": cls.qwen25vl_3b, "7b": cls.qwen25vl_7b}
         if name not in table:
-            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(table)}.")
+            from svlm_jax.errors import ConfigError
+
+            raise ConfigError(f"Unknown preset {name!r}; choose one of {sorted(table)}.")
         return table[name](**kw)
 
     # ---------------------------------------------------------------- HF interop

@@ -95,8 +95,12 @@ class ValidationReport:
 
 
 def _num(x: Any, what: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise RecordError("malformed", f"{what} must be a finite number, got {x!r}")
+    try:  # an integer too large for a float overflows here
+        ok = not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise RecordError("malformed", f"{what} must be a finite number, got {str(x)[:40]}")
     return float(x)
 
 
@@ -177,14 +181,14 @@ def iter_jsonl(path: str | os.PathLike, video_root: str | None = None, *, check_
     root = os.path.dirname(os.path.abspath(path)) if video_root is None else os.fspath(video_root)
     report = report if report is not None else ValidationReport()
     report.source = report.source or path
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:  # bytes: one line that is not UTF-8 is skipped, not fatal to the file
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             report.lines += 1
             try:
-                rec = parse_record(json.loads(line), root, check_video=check_video)
-            except json.JSONDecodeError:
+                rec = parse_record(json.loads(raw.decode("utf-8")), root, check_video=check_video)
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
                 report.add("malformed", n)
                 continue
             except RecordError as e:

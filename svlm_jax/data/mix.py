@@ -52,7 +52,7 @@ class LineRef:
             raw = f.readline()
         try:
             obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
             raise RecordError("malformed", f"{self.path} at byte {self.offset} is not a JSON line ({e})") from e
         return parse_record(obj, self.video_root)
 

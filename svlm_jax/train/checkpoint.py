@@ -4,13 +4,37 @@ Each checkpoint is a step directory `<dir>/<step>/` holding two checkpointables,
 optimizer state, counters) and `data` (the iterator's state). Orbax writes into a temporary directory
 and renames it when complete, so a crash mid-save never leaves a half checkpoint that looks valid.
 Only the last `keep` checkpoints are kept.
+
+A checkpoint damaged after it was written (a disk fault, a file deleted by hand) is not fatal:
+`restore` names it in one line, moves it aside to `<dir>.damaged/` (it is never deleted) and resumes
+from the newest one that reads.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Any
+import shutil
+import sys
+from typing import Any, Iterator
 
 from orbax.checkpoint import v1 as ocp
+
+from svlm_jax.errors import CheckpointError
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Silence Orbax's per-thread error logs while a restore is tried; its exception says it once."""
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class TrainCheckpointer:
@@ -40,19 +64,53 @@ class TrainCheckpointer:
             items["data"] = data_iter
         return self._ckpt.save_checkpointables(step, items, force=force)
 
-    def restore(self, abstract_state: Any, data_iter: Any | None, step: int | None = None) -> tuple[Any, int]:
-        """(state, step) of the given or latest checkpoint; the iterator is moved to its saved position.
+    @property
+    def steps(self) -> list[int]:
+        """Steps of all complete checkpoints, oldest first."""
+        return sorted(int(c.step) for c in self._ckpt.checkpoints)
 
-        abstract_state: ShapeDtypeStructs with shardings (e.g. `Trainer.abstract_state`).
+    def restore(self, abstract_state: Any, data_iter: Any | None, step: int | None = None) -> tuple[Any, int]:
+        """(state, step) of the given or newest readable checkpoint; the iterator moves to its saved position.
+
+        abstract_state: ShapeDtypeStructs with shardings (e.g. `Trainer.abstract_state`). Without `step`,
+        a checkpoint that fails to load is reported on stderr, moved to `<dir>.damaged/` and the next older
+        one is tried; CheckpointError when none is left.
         """
-        step = self.latest_step if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+        candidates = sorted(self.steps, reverse=True) if step is None else [step]
+        if not candidates:
+            raise CheckpointError(f"No checkpoint in {self.directory}.")
         items: dict[str, Any] = {"state": abstract_state}
         if data_iter is not None:
             items["data"] = data_iter
-        out = self._ckpt.load_checkpointables(step, items)
-        return out["state"], step
+        for s in candidates:
+            try:
+                with _quiet_orbax():
+                    out = self._ckpt.load_checkpointables(s, items)
+                return out["state"], s
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
+                if step is not None:
+                    raise CheckpointError(f"The checkpoint of step {s} in {self.directory} is damaged "
+                                          f"({_short(e)}).") from e
+                moved = self._set_aside(s)
+                print(f"warning: the checkpoint of step {s} in {self.directory} is damaged ({_short(e)}); moved it "
+                      f"to {moved} and trying the one before.", file=sys.stderr, flush=True)
+        raise CheckpointError(f"None of the checkpoints in {self.directory} could be read; they were moved to "
+                              f"{self.directory}.damaged. Start over with a new --out, or restore them from a backup.")
+
+    def _set_aside(self, step: int) -> str:
+        """Move the step directory out of Orbax's view (kept, never deleted) so a new save can use the step."""
+        src = os.path.join(self.directory, str(step))
+        dst_root = self.directory + ".damaged"
+        os.makedirs(dst_root, exist_ok=True)
+        dst, n = os.path.join(dst_root, str(step)), 1
+        while os.path.exists(dst):
+            n += 1
+            dst = os.path.join(dst_root, f"{step}-{n}")
+        shutil.move(src, dst)
+        self._ckpt.reload()
+        return dst
 
     def wait(self) -> None:
         """Block until pending saves are on disk."""
@@ -61,3 +119,8 @@ class TrainCheckpointer:
     def close(self) -> None:
         """Finish pending saves and release resources."""
         self._ckpt.close()
+
+
+def _short(e: BaseException) -> str:
+    """The first 160 characters of an exception's message on one line, with its type."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"

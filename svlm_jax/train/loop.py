@@ -3,7 +3,8 @@
 Faults: a non-finite loss stops the run with `NonFiniteLoss` naming the step; the state that produced
 it is never saved, so the last checkpoint stays the last good one. SIGINT/SIGTERM ask the loop to stop
 at the next step boundary, save a checkpoint and return (a second signal interrupts at once). A rerun
-with the same output directory restores the latest checkpoint, data position included.
+with the same output directory restores the latest readable checkpoint, data position included (a
+damaged newer one is named and moved aside, see `TrainCheckpointer.restore`).
 """
 from __future__ import annotations
 
@@ -157,7 +158,8 @@ def train(trainer: Trainer, init_state: Callable[[], TrainState], train_iter, cf
     last_loss = last_eval = None
     resumed = ckpt.latest_step
     if resumed is not None:
-        state, step = ckpt.restore(trainer.abstract_state, train_iter)
+        state, step = ckpt.restore(trainer.abstract_state, train_iter)  # damaged newest ones are set aside
+        resumed = step
         _trim_metrics(metrics_path, step)
         # A rerun of a finished run trains nothing; report the losses it ended with.
         for r in read_metrics(metrics_path):

@@ -60,6 +60,20 @@ def _path(p) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
 
 
+def check_frozen(params: Params, frozen: tuple[str, ...], flag: str = "frozen") -> None:
+    """Raise ConfigError naming a `frozen` prefix that matches no parameter, and the valid top-level ones."""
+    from svlm_jax.errors import ConfigError
+
+    paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for f in frozen:
+        pat = re.compile(re.escape(f.strip("/")) + r"(/|$)")
+        if not any(pat.match(p) for p in paths):
+            tops = sorted({"/".join(p.split("/")[:2]) for p in paths})
+            shown = ", ".join(tops[:12]) + (", ..." if len(tops) > 12 else "")
+            raise ConfigError(f"{flag} prefix {f!r} matches no parameter; use 'none' or '/'-joined path prefixes "
+                              f"such as visual, text, {shown}.")
+
+
 def param_labels(params: Params, frozen: tuple[str, ...]) -> Params:
     """'frozen' or 'train' for every leaf, by path prefix (e.g. 'visual', 'visual/blocks_0', 'text/embed_tokens')."""
     pats = [re.compile(re.escape(f.strip("/")) + r"(/|$)") for f in frozen]
@@ -100,6 +114,7 @@ def scale_by_tokens() -> optax.GradientTransformationExtraArgs:
 
 def make_optimizer(cfg: OptimConfig, params: Params) -> optax.GradientTransformationExtraArgs:
     """The full transformation; call `update(grads, state, params, num_tokens=...)` once per microbatch."""
+    check_frozen(params, cfg.frozen)
     labels = param_labels(params, cfg.frozen)
     if all(x == "frozen" for x in jax.tree_util.tree_leaves(labels)):
         raise ValueError(f"Every parameter is frozen by {cfg.frozen}; freeze less (e.g. --freeze visual).")
