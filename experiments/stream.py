@@ -19,8 +19,17 @@ import argparse
 import itertools
 import json
 import math
+import os
+import signal
 import sys
 from typing import IO, Callable, Iterable, Sequence
+
+if __name__ == "__main__":
+    # Ctrl-C while jax and the checkpoint load: nothing has been written yet, so leave at once with one
+    # line (an interrupt inside jaxlib's or Orbax's start-up aborts, segfaults or prints tracebacks).
+    # Streaming installs the flushing handlers (`_interrupt_flushes`).
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, lambda *_: (os.write(2, b"interrupted before streaming started.\n"), os._exit(130)))
 
 from svlm_jax.cache import OLDER_TEXT_RULES, CacheFull, StreamConfig
 from svlm_jax.errors import SvlmError, check_output, one_line, silence_stdout
@@ -97,6 +106,17 @@ class Outputs:
         if self.vtt is not None:
             self.vtt.close()
             self.vtt = None
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupt_flushes() -> None:
+    """From here on SIGINT and SIGTERM stop the stream between writes: `run` flushes and reports."""
+    if __name__ == "__main__":  # only the CLI process owns its signals, not a module that imports this one
+        signal.signal(signal.SIGINT, _raise_interrupt)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def parse_ask(text: str) -> tuple[float, str]:
@@ -269,10 +289,18 @@ def _main(a: argparse.Namespace) -> int:
         except (ValueError, OSError, CacheFull) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        _interrupt_flushes()
         return run(streamer, itertools.chain([first], rounds), outputs, a.ask)
     finally:
         frames.close()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # Interrupted, possibly while XLA was compiling or running: everything is written and flushed, and
+        # the interpreter's teardown can race XLA's threads into a segfault, so skip it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

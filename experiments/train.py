@@ -455,7 +455,12 @@ def _main(args) -> int:
     model_dir = os.path.join(args.out, "model")
     if lead:
         tok_file = tok_path if tok_path.endswith(".json") else os.path.join(tok_path, "tokenizer.json")
-        svlm_jax.save(model_dir, cfg.replace(dtype="float32"), params, files=[tok_file], overwrite=True)
+        from svlm_jax.checkpoint import Preprocessing
+
+        # The stream CLI reads the preprocessing back, so it shows the model frames as it was trained on.
+        svlm_jax.save(model_dir, cfg.replace(dtype="float32"), params, files=[tok_file], overwrite=True,
+                      preprocessing=Preprocessing(fps=args.fps, min_pixels=args.min_pixels,
+                                                  max_pixels=args.max_pixels))
         log(f"Trained model saved to {model_dir} (load with svlm_jax.load)")
     if args.demo and not args.no_stream_eval and lead:
         score = stream_eval(cfg, params, tok, paths, args, log)

@@ -159,8 +159,10 @@ def forward(cfg: ModelConfig, params: Params, input_ids, *, attention_mask=None,
     rows at a time, so long inputs need [attn_chunk, T] attention logits instead of [T, T]; same result.
     """
     ids = np.asarray(input_ids)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}.")
+    if ids.ndim != 2 or ids.size == 0:
+        raise ValueError(f"input_ids must be a non-empty [batch, length] array, got shape {ids.shape}.")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}.")
     if np.any(ids < 0) or np.any(ids >= cfg.text.vocab_size):
         raise ValueError(f"input_ids must lie in [0, {cfg.text.vocab_size}); got min {ids.min()} max {ids.max()}.")
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)

@@ -602,6 +602,11 @@ class Streamer:
 
     # ---------------------------------------------------------------- sizes
     def _check_budget(self, scfg: StreamConfig) -> None:
+        from svlm_jax.memory import check_fits
+
+        check_fits(cache_bytes(self.cfg, scfg, self.batch, self.cache_dtype),
+                   f"The {self.mode} cache ({scfg.layout.size} slots x {self.batch} stream(s))",
+                   "lower max_new_tokens, vision_window or the text sink/window.", self.device)
         if self.max_cache_bytes is not None:
             need = cache_bytes(self.cfg, scfg, self.batch, self.cache_dtype)
             if need > self.max_cache_bytes:

@@ -761,8 +761,12 @@ class FrameStream:
             raise item.exc
         return item
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the background thread and release the source; iteration then ends. Safe to call twice."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the background thread and release the source; iteration then ends. Safe to call twice.
+
+        Waits for the thread to finish its current frame (a read of a URL may take up to its timeout):
+        a decoder thread still inside FFmpeg while the interpreter shuts down can crash the process.
+        """
         self._done = True
         self._stop.set()
         while True:  # unblock a producer waiting on a full queue
