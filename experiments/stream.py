@@ -36,6 +36,7 @@ from svlm_jax.errors import SvlmError, check_output, one_line, silence_stdout
 from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM
 from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, chunked, stop_ids_for
 from svlm_jax.video import MAX_FPS, VideoError
+from svlm_jax.webvtt import cue_text as vtt_text
 from svlm_jax.webvtt import vtt_time
 
 
@@ -59,6 +60,11 @@ def original_segment(c: Comment, response: str) -> str:
     """One second as the original's --emit_json prints it (fidelity.md §f): its last 4 characters cut blindly."""
     return json.dumps({"type": "segment", "start": float(c.t0), "end": float(c.t1), "text": response[:-4]},
                       ensure_ascii=False)
+
+
+def json_line(obj) -> str:
+    """One JSON line: U+2028/U+2029 escaped too, since some line readers split on them."""
+    return json.dumps(obj, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 class Outputs:
@@ -91,14 +97,15 @@ class Outputs:
                 self.vtt.flush()
             return
         if self.jsonl:
-            print(json.dumps(c.to_json(), ensure_ascii=False), file=self.out, flush=True)
+            print(json_line(c.to_json()), file=self.out, flush=True)
         else:
             if c.question is not None:
                 print(f"[{c.t0:.1f}-{c.t1:.1f}s] Q: {c.question} A: {c.answer}", file=self.out, flush=True)
             if c.text:
                 print(f"[{c.t0:.1f}-{c.t1:.1f}s] {c.text}", file=self.out, flush=True)
-        if self.vtt is not None and c.text:
-            self.vtt.write(f"{vtt_time(c.t0)} --> {vtt_time(c.t1)}\n{c.text}\n\n")
+        cue = vtt_text(c.text) if self.vtt is not None else ""
+        if cue:
+            self.vtt.write(f"{vtt_time(c.t0)} --> {vtt_time(c.t1)}\n{cue}\n\n")
             self.vtt.flush()
 
     def close(self) -> None:
@@ -222,8 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the process exit code (2 for bad input, 130 when interrupted)."""
+    from svlm_jax.errors import print_warnings
+
     try:
-        return _main(parse_args(argv))
+        with print_warnings(""):
+            return _main(parse_args(argv))
     except KeyboardInterrupt:
         print("interrupted before streaming started.", file=sys.stderr)
         return 130

@@ -73,11 +73,12 @@ def cli_main(body: Callable[[], int], prog: str, *, catch: tuple[type[BaseExcept
     """Run a CLI `body` and return its exit code; user errors become one line on stderr and code 2.
 
     SvlmError (and the extra exception types in `catch`, for libraries that report bad input their
-    own way) print `<prog>: error: <message>`; a closed stdout (`| head`) stops quietly with code 0;
+    own way) print `<prog>: error: <message>`; warnings print as `<prog>: warning: <message>`; a closed stdout (`| head`) stops quietly with code 0;
     Ctrl-C gives 130. Anything else propagates with its traceback: it is a bug, not bad input.
     """
     try:
-        return body()
+        with print_warnings(prog):
+            return body()
     except (SvlmError, *catch) as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
@@ -91,12 +92,15 @@ def cli_main(body: Callable[[], int], prog: str, *, catch: tuple[type[BaseExcept
 
 @contextlib.contextmanager
 def print_warnings(prog: str) -> Iterator[None]:
-    """Within the block, print each warning as one line `<prog>: warning: <message>` on stderr."""
+    """Within the block, print each warning as one line `<prog>: warning: <message>` on stderr ('' : no prog)."""
+    head = f"{prog}: warning: " if prog else "warning: "
+
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{prog}: warning: {one_line(message) if isinstance(message, BaseException) else message}",
+        print(head + (one_line(message) if isinstance(message, BaseException) else " ".join(str(message).split())),
               file=sys.stderr, flush=True)
 
     with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)  # ours name a file or a tensor: each one matters
         warnings.showwarning = show
         yield
 

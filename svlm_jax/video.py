@@ -665,6 +665,9 @@ class FrameStream:
         self.sampling = sampling
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1; got {queue_size}.")
+        if not 0 < min_pixels <= max_pixels:
+            raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels} (or is not positive); pass "
+                             f"0 < min_pixels <= max_pixels.")
         self.fps = int(fps)
         self.start = float(start)
         self.min_pixels, self.max_pixels = min_pixels, max_pixels

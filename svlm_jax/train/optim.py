@@ -68,10 +68,9 @@ def check_frozen(params: Params, frozen: tuple[str, ...], flag: str = "frozen") 
     for f in frozen:
         pat = re.compile(re.escape(f.strip("/")) + r"(/|$)")
         if not any(pat.match(p) for p in paths):
-            tops = sorted({"/".join(p.split("/")[:2]) for p in paths})
-            shown = ", ".join(tops[:12]) + (", ..." if len(tops) > 12 else "")
+            tops = sorted({re.sub(r"_\d+$", "_N", "/".join(p.split("/")[:2])) for p in paths})
             raise ConfigError(f"{flag} prefix {f!r} matches no parameter; use 'none' or '/'-joined path prefixes "
-                              f"such as visual, text, {shown}.")
+                              f"such as {', '.join(sorted({p.split('/')[0] for p in paths}) + tops)} (N a number).")
 
 
 def param_labels(params: Params, frozen: tuple[str, ...]) -> Params:
