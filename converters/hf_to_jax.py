@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, OSError, ImportError) as e:  # bad input: the key table and files name it
         print(f"hf_to_jax: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the temporary directory is already removed; DST is as it was
+        print(f"hf_to_jax: interrupted; {args.dst} was not written.", file=sys.stderr)
+        return 130
     tied = " (tied lm_head dropped)" if s["dropped_tied_lm_head"] else ""
     print(f"hf_to_jax: {s['tensors']} tensors{tied}, {s['params']:,} params, {s['dtype']}, "
           f"{s['seconds']:.1f}s -> {s['dst']}")

@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, OSError) as e:  # bad input, named by the message
         print(f"jax_to_hf: error: {error_text(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the temporary directory is already removed; DST is as it was
+        print(f"jax_to_hf: interrupted; {args.dst} was not written.", file=sys.stderr)
+        return 130
     print(f"jax_to_hf: {s['tensors']} tensors in {s['shards']} shard(s), {s['params']:,} params, {s['dtype']}, "
           f"{s['seconds']:.1f}s -> {s['dst']}")
     return 0
