@@ -175,6 +175,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m experiments.stream", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="checkpoint directory (svlm_jax.save / converters.hf_to_jax)")
     ap.add_argument("--video", required=True, help="video file, URL (rtsp://, http(s)://) or camera /dev/videoN")
+    ap.add_argument("--frames", choices=("original", "grid"), default=None,
+                    help="which frames of each second: the original's picking or the 1/fps grid (default: the "
+                         "checkpoint's training choice, else original)")
+    ap.add_argument("--resize", choices=("torchvision", "pil"), default=None,
+                    help="bicubic resize (default: the checkpoint's training choice, else torchvision)")
     ap.add_argument("--fps", type=int, default=None,
                     help=f"frames per second fed to the model, 1..{MAX_FPS} (default: the checkpoint's training fps, else 2)")
     ap.add_argument("--min-pixels", type=int, default=None,
@@ -256,7 +261,8 @@ def _main(a: argparse.Namespace) -> int:
             check_output(a.vtt, [a.video, a.ckpt], what="--vtt file")
         load_config(a.ckpt)  # a missing or damaged checkpoint is named before its tokenizer is looked for
         # Preprocess as the checkpoint was trained (pixel budget, fps) unless a flag says otherwise.
-        pre = load_preprocessing(a.ckpt).replace(fps=a.fps, min_pixels=a.min_pixels, max_pixels=a.max_pixels)
+        pre = load_preprocessing(a.ckpt).replace(fps=a.fps, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
+                                                 frames=a.frames, resize=a.resize)
         # The reference's sampling: top-k/top-p and the stop ids from the checkpoint's generation_config.json.
         sampling = SamplingConfig.from_generation_config(
             a.ckpt, temperature=a.temperature or None, top_k=a.top_k, top_p=a.top_p,
@@ -273,7 +279,8 @@ def _main(a: argparse.Namespace) -> int:
         stop_ids = stop_ids_for(tok, a.ckpt)
         cfg, params = svlm_jax.load(a.ckpt, a.dtype, quant=a.quant)
         frames = FrameStream(a.video, fps=pre.fps, start=a.start, end=a.end, timeout=a.timeout,
-                             min_pixels=pre.min_pixels, max_pixels=pre.max_pixels)
+                             min_pixels=pre.min_pixels, max_pixels=pre.max_pixels, sampling=pre.frames,
+                             resize=pre.resize)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -460,8 +460,12 @@ def _main(args) -> int:
         # The stream CLI reads the preprocessing back, so it shows the model frames as it was trained on.
         svlm_jax.save(model_dir, cfg.replace(dtype="float32"), params, files=[tok_file], overwrite=True,
                       preprocessing=Preprocessing(fps=args.fps, min_pixels=args.min_pixels,
-                                                  max_pixels=args.max_pixels))
+                                                  max_pixels=args.max_pixels, frames=args.frames,
+                                                  resize=args.resize))
         log(f"Trained model saved to {model_dir} (load with svlm_jax.load)")
+        if args.demo:
+            log(f"Stream it yourself: python -m experiments.stream --ckpt {model_dir} --video {paths['stream_video']} "
+                f"--query '' --greedy --vtt {os.path.join(args.out, 'my_stream.vtt')}")
     if args.demo and not args.no_stream_eval and lead:
         score = stream_eval(cfg, params, tok, paths, args, log)
         log(f"Event calls over {score['stream_seconds'] / 60:.1f} min of stream: "

@@ -39,15 +39,19 @@ PREPROCESSING_FILE = "preprocessing.json"
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """How video was fed to a model in training: frames per second and the per-frame pixel budget.
+    """How video was fed to a model in training: frames per second, the per-frame pixel budget, which frames
+    of each second were picked (`video.FrameStream`'s `sampling`) and how they were resized (`resize`).
 
-    Streaming with other values shows the model frames of another size or pace than it learned from.
-    The defaults are StreamingVLM's (2 fps, 100 to 768 merged tokens per frame).
+    Streaming with other values shows the model frames of another size, pace or phase than it learned from.
+    The defaults are StreamingVLM's (2 fps, 100 to 768 merged tokens per frame, its frame picking and
+    torchvision's antialiased bicubic resize).
     """
 
     fps: int = 2
     min_pixels: int = 100 * 28 * 28
     max_pixels: int = 768 * 28 * 28
+    frames: str = "original"
+    resize: str = "torchvision"
 
     def replace(self, **overrides) -> "Preprocessing":
         """A copy with the given fields changed; None values leave a field as it is (unset CLI flags)."""
@@ -66,7 +70,13 @@ def load_preprocessing(path: str | os.PathLike) -> Preprocessing:
         return Preprocessing()
     try:
         raw = json.loads(f.read_text())
-        return Preprocessing(**{k: int(raw[k]) for k in ("fps", "min_pixels", "max_pixels") if k in raw})
+        pre = Preprocessing(**{k: int(raw[k]) for k in ("fps", "min_pixels", "max_pixels") if k in raw},
+                            **{k: str(raw[k]) for k in ("frames", "resize") if k in raw})
+        from svlm_jax.video import RESIZERS, SAMPLINGS
+
+        if pre.frames not in SAMPLINGS or pre.resize not in RESIZERS:
+            raise ValueError(f"frames must be one of {SAMPLINGS} and resize one of {tuple(RESIZERS)}")
+        return pre
     except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{f} is damaged ({e}); fix it or delete it to use the defaults.") from None
 

@@ -115,3 +115,23 @@ def test_writer_in_pieces_and_partial_read(model, tmp_path):
     _, loaded = svlm_jax.load(tmp_path / "ckpt")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_preprocessing_round_trip_and_damage(tmp_path):
+    """preprocessing.json carries fps, pixel budget, frame picking and resize; a bad value is one clear error."""
+    import json
+
+    from svlm_jax.checkpoint import Preprocessing, load_preprocessing, save_preprocessing
+    from svlm_jax.errors import CheckpointError
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "svlm_config.json").write_text("{}")
+    (d / "params").mkdir()
+    pre = Preprocessing(fps=4, min_pixels=3136, max_pixels=3136, frames="grid", resize="pil")
+    save_preprocessing(d, pre)
+    assert load_preprocessing(d) == pre
+    assert load_preprocessing(d).replace(frames=None, resize="torchvision").resize == "torchvision"
+    (d / "preprocessing.json").write_text(json.dumps({"fps": 2, "frames": "every"}))
+    with pytest.raises(CheckpointError, match="preprocessing.json"):
+        load_preprocessing(d)
