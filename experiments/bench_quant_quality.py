@@ -58,10 +58,12 @@ def main(argv=None) -> int:
     tok = ChatTokenizer.from_dir(model_dir)
     video = os.path.join(args.run, "data", "videos", "stream_000.mp4")
     events = load_events(os.path.join(args.run, "data", "stream_events.json"))
-    with FrameStream(video, fps=run.get("fps", 2), min_pixels=run.get("min_pixels"),
-                     max_pixels=run.get("max_pixels")) as frames:
+    with FrameStream(video, fps=run.get("fps", 2), min_pixels=run.get("min_pixels"), max_pixels=run.get("max_pixels"),
+                     sampling=run.get("frames") or "grid", resize=run.get("resize") or "torchvision") as frames:
         seconds = [s for _, s in zip(range(args.seconds), frames)]
-    window = run.get("window") or 8
+    from experiments.train import DEMO_CHUNK
+
+    window = run.get("window") or DEMO_CHUNK[0]  # the settings of experiments.train's own streamed evaluation
     base = StreamConfig(vision_window=min(16, window), text_sink=run.get("text_sink") or 512,
                         text_window=run.get("text_window") or 512, max_new_tokens=12, vision_tokens=64,
                         round_tokens=40, query_tokens=0)
