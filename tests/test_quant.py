@@ -72,7 +72,7 @@ def test_load_quantized_checkpoint_streams(tmp_path):
     assert qp["text"]["layers_0"]["mlp"]["up_proj"]["kernel_int8"].dtype == jnp.int8
     tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(WORDS, cfg))
     st = Streamer(cfg, qp, tok, small(), sampling=SamplingConfig(greedy=True))
-    out = [st.step([s])[0] for s in synthetic_seconds(cfg, (4, 4), seconds=6, seed=2)]
+    out = [st.step([s])[0] for s in synthetic_seconds(cfg, (4, 4), seconds=3, seed=2)]
     assert all(c is not None and 1 <= c.n_tokens <= 6 for c in out)
     with pytest.raises(ValueError, match="quant must be one of"):
         svlm_jax.load(tmp_path / "ckpt", quant="int4")
@@ -88,14 +88,14 @@ def test_kv_dtypes_stream_with_the_fp32_policy():
     tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(WORDS, CFG))
     rng = np.random.default_rng(0)
     word_ids = [tok.encode(" " + w)[0] for w in WORDS]
-    force = [[int(x) for x in rng.choice(word_ids, size=rng.integers(0, 5))] for _ in range(14)]
+    force = [[int(x) for x in rng.choice(word_ids, size=rng.integers(0, 5))] for _ in range(9)]
     runs = {}
     for kv in ("float32", "bfloat16", "int8"):
         scfg = small(kv_dtype=kv)
         st = Streamer(CFG, params, tok, scfg, sampling=SamplingConfig(greedy=True), keep_logits=True,
                       previous_text="red ball bounces")
         kept, logits = [], []
-        for i, sec in enumerate(synthetic_seconds(CFG, (4, 4), seconds=14, seed=3)):
+        for i, sec in enumerate(synthetic_seconds(CFG, (4, 4), seconds=9, seed=3)):
             st.step([sec], force=[force[i]])
             kept.append(st.hosts[0].retained()[0].tolist())
             logits.append(st.last_prefill_logits[0])
@@ -114,7 +114,7 @@ def test_kv_dtypes_stream_with_the_fp32_policy():
 
 @pytest.mark.parametrize("kv", ["float32", "bfloat16"])
 def test_keys_rotated_once_equal_rotation_at_attention(kv):
-    """Over a stream that evicts and renumbers positions every second, decoding with the keys rotated once per
+    """Over a 24-s stream that evicts (3-s vision window) and renumbers positions every second, decoding with the keys rotated once per
     turn gives the logits of rotating every key at every step (the per-token path), at every token."""
     from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 
@@ -125,7 +125,7 @@ def test_keys_rotated_once_equal_rotation_at_attention(kv):
         st = Streamer(CFG, params, tok, small(vision_window=3, kv_dtype=kv), sampling=SamplingConfig(greedy=True),
                       keep_logits=True, previous_text="red ball bounces what a shot", rotate_keys=rot)
         toks, logits = [], []
-        for sec in synthetic_seconds(CFG, (4, 4), seconds=40, seed=6):
+        for sec in synthetic_seconds(CFG, (4, 4), seconds=24, seed=6):
             c = st.step([sec])[0]
             toks.append(c.tokens)
             logits.append(st.last_logits[0, :c.n_tokens])
