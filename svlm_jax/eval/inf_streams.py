@@ -20,15 +20,7 @@ from svlm_jax.eval.prompts import judge_messages, parse_ab
 
 def candidate(items: Sequence[Mapping], start: int, end: int) -> str:
     """The candidate commentary of window (start, end] from a merged line's items (see the module docstring)."""
-    out = []
-    for it in items:
-        et = it.get("end_time")
-        if et is None or not start < int(et) <= end:
-            continue
-        txt = it.get("response") if "response" in it else it.get("text")
-        if isinstance(txt, str) and txt.strip():
-            out.append(txt.strip())
-    return " ".join(out)
+    return " ".join(text.strip() for _, text in timed_candidate(items, start, end))
 
 
 def timed_candidate(items: Sequence[Mapping], start: int, end: int) -> list[tuple[float, str]]:
