@@ -149,13 +149,6 @@ class NameWorldSpec:
     seed: int = 0
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_dataset(root: str, spec: NameWorldSpec, model_cfg) -> dict:
     """Write everything under `root` (skipped when `root/DONE` matches the spec).
 
@@ -186,12 +179,12 @@ def write_dataset(root: str, spec: NameWorldSpec, model_cfg) -> dict:
             write_video(os.path.join(root, rel), scene)
             lines.append(json.dumps(record_to_json(rel, 0.0, float(seconds), words_of(events))))
             if split == "stream":
-                _atomic_write(paths["stream_events"][i], json.dumps([dataclasses.asdict(e) for e in events]))
-        _atomic_write(paths["train" if split == "train" else "streams"], "\n".join(lines) + "\n")
+                synthetic._atomic_write(paths["stream_events"][i], json.dumps([dataclasses.asdict(e) for e in events]))
+        synthetic._atomic_write(paths["train" if split == "train" else "streams"], "\n".join(lines) + "\n")
     tok = word_level_tokenizer(VOCAB, model_cfg)
     tok.save(paths["tokenizer"] + ".part")
     os.replace(paths["tokenizer"] + ".part", paths["tokenizer"])
-    _atomic_write(done, stamp)
+    synthetic._atomic_write(done, stamp)
     return paths
 
 
