@@ -187,4 +187,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def main(argv=None) -> int:
+    """The CLI; returns the exit code (2 with one line on stderr for bad input)."""
+    from svlm_jax.errors import cli_main
+
     p = argparse.ArgumentParser(prog="python -m experiments.chunk_data", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="JSONL of long annotated videos")
     p.add_argument("dst", help="chunked JSONL to write (its _seeks.jsonl is written beside it)")
@@ -24,23 +26,28 @@ def main(argv=None) -> int:
     p.add_argument("--min-words-per-second", type=float, default=2.0, help="drop windows with fewer words")
     p.add_argument("--force", action="store_true", help="replace an existing dst")
     args = p.parse_args(argv)
-    from svlm_jax.data.chunker import ChunkConfig, write_chunked_jsonl
+    return cli_main(lambda: _main(args), "python -m experiments.chunk_data")
 
-    if not os.path.isfile(args.src):
-        print(f"error: {args.src} does not exist; pass a JSONL file of annotated videos.", file=sys.stderr)
-        return 2
+
+def _main(args: argparse.Namespace) -> int:
+    from svlm_jax.data.chunker import ChunkConfig, write_chunked_jsonl
+    from svlm_jax.data.mix import seeks_path
+    from svlm_jax.errors import ConfigError, DataError, check_output, need_file, user_input
+
+    need_file(args.src, "src", "a JSONL file of annotated videos")
+    check_output(args.dst, [args.src], what="dst")
+    check_output(seeks_path(args.dst), [args.src], what="dst's seeks file")
     if os.path.exists(args.dst) and not args.force:
-        print(f"error: {args.dst} already exists; pass --force to replace it or pick another path.", file=sys.stderr)
-        return 2
-    try:
+        raise ConfigError(f"{args.dst} already exists; pass --force to replace it or pick another path.")
+    with user_input(ConfigError):
         cfg = ChunkConfig(window=args.window, overlap=args.overlap, min_words_per_second=args.min_words_per_second)
+    with user_input(DataError):  # a src that is not UTF-8 text, a dst whose directory is missing
         n_rec, n_chunks = write_chunked_jsonl(args.src, args.dst, cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"{n_rec} records -> {n_chunks} samples of {args.window} s every {args.window - args.overlap} s in {args.dst}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())

@@ -137,6 +137,49 @@ def make_judge(a: argparse.Namespace):
                        backoff=a.backoff, dtype=a.dtype)
 
 
+def local_judge_ckpt(a: argparse.Namespace) -> str | None:
+    """The checkpoint of a `--judge local:CKPT` (an input of the judge step), else None."""
+    kind, _, name = a.judge.partition(":")
+    return name if kind == "local" and name else None
+
+
+def check_model_outputs(a: argparse.Namespace, inputs) -> None:
+    """Refuse a generate command whose --ckpt is not a checkpoint or whose --out is, or lies inside, one of
+    `inputs` or the checkpoint (before anything is read or written)."""
+    from svlm_jax.checkpoint import load_config
+    from svlm_jax.errors import check_output
+
+    check_output(a.out, [*inputs, a.ckpt], what="--out directory")
+    load_config(a.ckpt)  # a missing or damaged checkpoint is named now, not after the data has been read
+
+
+def open_judging(a: argparse.Namespace, inputs, outputs: tuple[str, ...]):
+    """(judge, JudgmentCache) of a judge command, after refusing an --out, a --cache or an output file in OUT
+    (`outputs`) that is one of `inputs` (or the local judge's checkpoint); creates OUT."""
+    from svlm_jax.errors import check_output
+    from svlm_jax.eval.judgments import JudgmentCache
+
+    inputs = [*inputs, local_judge_ckpt(a)]
+    cache = a.cache or os.path.join(a.out, "judgments.jsonl")
+    check_output(a.out, inputs, what="--out directory")
+    check_output(cache, inputs, what="judgment cache (--cache)")
+    for name in outputs:
+        check_output(os.path.join(a.out, name), [*inputs, cache], what=f"output {name}")
+    judge = make_judge(a)
+    os.makedirs(a.out, exist_ok=True)
+    return judge, JudgmentCache(cache)
+
+
+def run_command(a: argparse.Namespace, commands, prog: str) -> int:
+    """Run the subcommand `commands[a.cmd]` of an evaluation CLI through `errors.cli_main`: its exit code, bad
+    input as one line and 2, Ctrl-C as 130 with everything done so far on disk."""
+    from svlm_jax.errors import cli_main
+
+    # StreamConfig, SamplingConfig and the Streamer's sessions report bad flags as ValueError, files as OSError.
+    return cli_main(lambda: commands[a.cmd](a), prog, catch=(OSError, ValueError),
+                    interrupted="interrupted; everything done so far is on disk, rerun the same command to resume.")
+
+
 def report(problems: Problems, what: str) -> int:
     """Print the counted skips/failures (first few in full) to stderr; 0 when there were none, else 1."""
     if not len(problems):
@@ -169,14 +212,18 @@ def write_jsonl(path: str, rows) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_generate(a: argparse.Namespace) -> int:
-    from svlm_jax.errors import DataError
+    from svlm_jax.errors import ConfigError, DataError, need_dir, need_file
     from svlm_jax.eval import generation
     from svlm_jax.eval.datasets import read_games
 
+    need_dir(a.data, "--data", "the Inf-Streams-Eval directory (eval_all_metadata.jsonl and the game videos)")
+    need_file(a.metadata, "--metadata", "eval_all_metadata.jsonl or leave it out")
+    if a.chunk is not None and a.chunk < 1:
+        raise ConfigError(f"--chunk must be >= 1 second, got {a.chunk}; leave it out for one stream per game.")
     games, problems = read_games(a.data, a.metadata)
+    check_model_outputs(a, [a.data, a.metadata])
     jobs, p2 = generation.inf_streams_jobs(games, start=a.start, chunk=a.chunk)
-    problems.counts.update(p2.counts)
-    problems.messages += p2.messages
+    problems.extend(p2)
     if not jobs:
         report(problems, "metadata")
         raise DataError(f"No game to stream in {a.data} (see above); check --data and --start.")
@@ -199,10 +246,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_gpt_baseline(a: argparse.Namespace) -> int:
+    from svlm_jax.errors import check_output, need_dir
     from svlm_jax.eval import gpt_baseline
     from svlm_jax.eval.datasets import read_windows
     from svlm_jax.eval.judges import OpenAIJudge
 
+    need_dir(a.data, "--data", "the Inf-Streams-Eval directory (the game videos)")
+    check_output(a.out, [a.data, a.clips], what="--out directory")
     windows, problems = read_windows(a.clips)
     client = OpenAIJudge(a.model, base_url=a.base_url, api_key=a.api_key, timeout=a.timeout, retries=2,
                          backoff=a.backoff, temperature=None)  # the original: no temperature, 3 tries
@@ -215,18 +265,13 @@ def cmd_gpt_baseline(a: argparse.Namespace) -> int:
 def cmd_judge(a: argparse.Namespace) -> int:
     from svlm_jax.eval import inf_streams
     from svlm_jax.eval.datasets import read_merged, read_windows
-    from svlm_jax.eval.judgments import JudgmentCache
 
     windows, problems = read_windows(a.clips)
     ma, pa = read_merged(a.a)
     mb, pb = read_merged(a.b)
     pairs, pp = inf_streams.pair_windows(windows, ma, mb)
-    for p in (pa, pb, pp):
-        problems.counts.update(p.counts)
-        problems.messages += p.messages
-    judge = make_judge(a)
-    os.makedirs(a.out, exist_ok=True)
-    cache = JudgmentCache(a.cache or os.path.join(a.out, "judgments.jsonl"))
+    problems.extend(pa, pb, pp)
+    judge, cache = open_judging(a, [a.clips, a.a, a.b], ("judged.jsonl",))
     try:
         records, pj = inf_streams.judge_pairs(pairs, judge, cache, concurrency=a.concurrency,
                                               progress=not a.no_progress)
@@ -240,17 +285,25 @@ def cmd_judge(a: argparse.Namespace) -> int:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
-    from svlm_jax.errors import DataNotFound
+    from svlm_jax.errors import ConfigError, DataNotFound, check_output
     from svlm_jax.eval import inf_streams
     from svlm_jax.eval.datasets import iter_jsonl, read_merged, read_windows
 
-    windows, problems = read_windows(a.clips)
+    if (a.a is None) != (a.b is None):
+        raise ConfigError("Pass --a and --b together (the judge-free metrics compare both), or neither.")
+    if a.bootstrap < 1:
+        raise ConfigError(f"--bootstrap must be >= 1 resample, got {a.bootstrap}.")
     judged = os.path.join(a.out, "judged.jsonl")
+    # The judge step's files (judged.jsonl, the judgment cache) are inputs here.
+    inputs = [a.clips, a.a, a.b, judged, os.path.join(a.out, "judgments.jsonl")]
+    for name in ("scores.json", "segments.png"):
+        check_output(os.path.join(a.out, name), inputs, what=f"output {name}")
+    windows, problems = read_windows(a.clips)
     if not os.path.exists(judged):
         raise DataNotFound(f"No {judged}; run the judge step first with the same --out.")
     records = [r for _, r in iter_jsonl(judged, problems)]
     s = inf_streams.score(records, windows, n_boot=a.bootstrap)
-    if a.a and a.b:
+    if a.a is not None:
         ma, _ = read_merged(a.a)
         mb, _ = read_merged(a.b)
         pairs, _ = inf_streams.pair_windows(windows, ma, mb)
@@ -320,13 +373,10 @@ COMMANDS = {"generate": cmd_generate, "gpt-baseline": cmd_gpt_baseline, "judge":
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit code (2 bad input, 130 interrupted, 1 when items were skipped or failed).
     A rerun of an interrupted command resumes it."""
-    from svlm_jax.errors import cli_main
-
-    a = parse_args(argv)
-    # StreamConfig / SamplingConfig report bad flags as ValueError.
-    return cli_main(lambda: COMMANDS[a.cmd](a), "python -m experiments.eval_inf_streams",
-                    catch=(OSError, ValueError))
+    return run_command(parse_args(argv), COMMANDS, "python -m experiments.eval_inf_streams")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())

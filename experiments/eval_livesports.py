@@ -14,17 +14,20 @@ import json
 import os
 import sys
 
-from experiments.eval_inf_streams import (add_judge_flags, add_model_flags, load_setup, make_judge, report,
-                                          start_processes, write_json, write_jsonl)
+from experiments.eval_inf_streams import (add_judge_flags, add_model_flags, check_model_outputs, load_setup,
+                                          open_judging, report, run_command, start_processes, write_json,
+                                          write_jsonl)
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from svlm_jax.errors import DataError
+    from svlm_jax.errors import DataError, need_dir
     from svlm_jax.eval import generation, livesports
     from svlm_jax.eval.datasets import read_events
     from svlm_jax.tokenizer import ChatTokenizer
 
+    need_dir(a.videos, "--videos", "the directory the events' `video` paths are relative to")
     events, problems = read_events(a.events, a.videos)
+    check_model_outputs(a, [a.events, a.videos])
     if not events:
         report(problems, "events")
         raise DataError(f"No event with a video under {a.videos}; check --events and --videos.")
@@ -52,17 +55,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_judge(a: argparse.Namespace) -> int:
     from svlm_jax.eval import livesports
     from svlm_jax.eval.datasets import read_events, read_predictions
-    from svlm_jax.eval.judgments import JudgmentCache
 
     events, problems = read_events(a.events, need_video=False)
     baseline, pb = read_predictions(a.baseline)
     model, pm = read_predictions(a.pred)
-    for p in (pb, pm):
-        problems.counts.update(p.counts)
-        problems.messages += p.messages
-    judge = make_judge(a)
-    os.makedirs(a.out, exist_ok=True)
-    cache = JudgmentCache(a.cache or os.path.join(a.out, "judgments.jsonl"))
+    problems.extend(pb, pm)
+    judge, cache = open_judging(a, [a.events, a.baseline, a.pred], ("judged.jsonl", "score.json"))
     score, records, pj = livesports.judge(baseline, model, {e.id: e.asr for e in events}, judge, cache,
                                           concurrency=a.concurrency, progress=not a.no_progress)
     write_jsonl(os.path.join(a.out, "judged.jsonl"), records)
@@ -93,13 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit code (2 bad input, 130 interrupted, 1 when items were skipped or failed).
     A rerun of an interrupted command resumes it."""
-    from svlm_jax.errors import cli_main
-
-    a = parse_args(argv)
-    # StreamConfig / SamplingConfig report bad flags as ValueError.
-    command = {"generate": cmd_generate, "judge": cmd_judge}[a.cmd]
-    return cli_main(lambda: command(a), "python -m experiments.eval_livesports", catch=(OSError, ValueError))
+    return run_command(parse_args(argv), {"generate": cmd_generate, "judge": cmd_judge},
+                       "python -m experiments.eval_livesports")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())

@@ -44,50 +44,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit code."""
+    """The CLI; returns the exit code (2 bad input, 130 interrupted: the answers so far are kept)."""
+    from svlm_jax.errors import cli_main
+
     a = parse_args(argv)
-    try:
-        return _main(a)
-    except KeyboardInterrupt:
-        print("interrupted; the answers so far are in the predictions file, rerun the same command to resume.",
-              file=sys.stderr)
-        return 130
+    return cli_main(lambda: _main(a), "python -m experiments.eval_vqa",
+                    interrupted="interrupted; the answers so far are in the predictions file, rerun the same "
+                                "command to resume.")
 
 
 def _main(a: argparse.Namespace) -> int:
-    from svlm_jax.errors import SvlmError
+    from svlm_jax.errors import CheckpointError, ConfigError, DataError, check_output, need_dir, user_input
     from svlm_jax.eval.vqa.readers import read_bench
     from svlm_jax.eval.vqa.results import PREDICTIONS, Predictions, finish
 
     if a.batch < 1:
-        print(f"error: --batch must be >= 1, got {a.batch}.", file=sys.stderr)
-        return 2
-    try:
+        raise ConfigError(f"--batch must be >= 1, got {a.batch}.")
+    need_dir(a.data, "--data", "the benchmark's directory as released (see docs/EVALUATION.md)")
+    out = a.out or os.path.join("eval_vqa", f"{a.bench}-{a.mode}")
+    check_output(out, [a.data, a.ckpt], what="--out directory")
+    with user_input(DataError):
         report = read_bench(a.bench, a.data)
-    except (SvlmError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"{PROTOCOLS[a.bench].name}: {report.summary()}", file=sys.stderr)
     for m in report.malformed[:20]:
         print(f"  malformed: {m}", file=sys.stderr)
     if len(report.malformed) > 20:
         print(f"  ... and {len(report.malformed) - 20} more (all listed in scores.json)", file=sys.stderr)
     if not report.questions:
-        print(f"error: no question of {a.data} has its video; check --data (videos are looked up as described "
-              f"in docs/EVALUATION.md).", file=sys.stderr)
-        return 2
+        raise DataError(f"No question of {a.data} has its video; check --data (videos are looked up as described "
+                        f"in docs/EVALUATION.md).")
     questions = report.questions[:a.limit] if a.limit else report.questions
-    try:
+    with user_input(CheckpointError):
         import svlm_jax
         from svlm_jax.tokenizer import ChatTokenizer
 
         tok = ChatTokenizer.from_dir(a.ckpt)
         cfg, params = svlm_jax.load(a.ckpt, a.dtype)
         tok.check_model(cfg)
-    except (SvlmError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = a.out or os.path.join("eval_vqa", f"{a.bench}-{a.mode}")
     os.makedirs(out, exist_ok=True)
     with Predictions(os.path.join(out, PREDICTIONS)) as preds:
         if preds.done:
@@ -124,4 +117,6 @@ def _main(a: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())

@@ -710,32 +710,60 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The CLI; returns the exit code (2 with one line for bad input, 130 when interrupted: a rerun resumes)."""
+    from svlm_jax.errors import cli_main
+
     args = parse_args(argv)
+    return cli_main(lambda: _main(args), "python -m experiments.reproduce",
+                    interrupted="interrupted; every finished model and run is kept under --out, rerun to resume.")
+
+
+def _check_paths(out: str, doc: str, figures: str) -> None:
+    """Refuse (ConfigError) an --out, --doc or --figures of the wrong kind, or a report or figure directory
+    that would write over the run's own files (the inputs of a resumed run)."""
+    from svlm_jax.errors import ConfigError, check_output
+
+    for flag, path, kind in (("--out", out, "directory"), ("--doc", doc, "file"), ("--figures", figures,
+                                                                                   "directory")):
+        if os.path.exists(path) and os.path.isdir(path) != (kind == "directory"):
+            raise ConfigError(f"{flag} {path!r} is a {'file' if kind == 'directory' else 'directory'}; pass a "
+                              f"{kind} path.")
+    own = [os.path.join(out, name) for name in ("data", "models", "runs", "meta.json", "reproduction.json")]
+    check_output(doc, own, what="--doc report")
+    check_output(figures, own, what="--figures directory")
+
+
+def _main(args: argparse.Namespace) -> int:
+    from svlm_jax.errors import ConfigError, DataError
+
     plan = QUICK if args.quick else FULL
     if args.seeds is not None:
         if args.seeds < 1:
-            print(f"--seeds must be >= 1, got {args.seeds}.", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--seeds must be >= 1, got {args.seeds}.")
         plan = dataclasses.replace(plan, seeds=args.seeds)
     if args.steps is not None:
         if args.steps < 1:
-            print(f"--steps must be >= 1, got {args.steps}.", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--steps must be >= 1, got {args.steps}.")
         plan = dataclasses.replace(plan, steps=args.steps)
     out = args.out or ("runs/reproduce_quick" if args.quick else "runs/reproduce")
     doc = args.doc or ("docs/REPRODUCTION_quick.md" if args.quick else "docs/REPRODUCTION.md")
+    _check_paths(out, doc, args.figures)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
     meta_path = os.path.join(out, "meta.json")
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {
-        "load_start": _load(), "wall_s": 0.0, "train_s": 0.0, "stream_s": 0.0, "sessions": 0}
+    try:
+        meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {
+            "load_start": _load(), "wall_s": 0.0, "train_s": 0.0, "stream_s": 0.0, "sessions": 0}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{meta_path} is damaged ({e}); it records the run in {out}: fix it, or pass a new "
+                        f"--out.") from None
     # The number of seeds only adds runs, so it may change between sessions; nothing else may.
     def same(a: dict, b: dict) -> bool:
         return {k: v for k, v in a.items() if k != "seeds"} == {k: v for k, v in b.items() if k != "seeds"}
 
     if meta.get("plan") is not None and not same(meta["plan"], dataclasses.asdict(plan)):
-        print(f"{out} holds a reproduction with another plan; pass a new --out.", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{out} holds a reproduction with another plan; pass a new --out, or the flags of "
+                          f"that run.")
     meta.update(plan=dataclasses.asdict(plan), sessions=meta["sessions"] + (not args.report))
     log = print
     import jax
@@ -818,4 +846,6 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())

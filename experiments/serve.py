@@ -56,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(a: argparse.Namespace):
-    """Load the checkpoint and make (ServerConfig, Streamer) from the flags; bad input raises ValueError/OSError."""
+    """Load the checkpoint and make (ServerConfig, Streamer) from the flags; bad input raises the domain's
+    SvlmError (ConfigError for flags, CheckpointError for --ckpt)."""
     import svlm_jax
+    from svlm_jax.checkpoint import load_config
+    from svlm_jax.errors import CheckpointError, ConfigError, user_input
     from svlm_jax.stream import Streamer, stop_ids_for
     from svlm_jax.tokenizer import ChatTokenizer
 
@@ -65,33 +68,39 @@ def build(a: argparse.Namespace):
         frame_hw = tuple(int(x) for x in a.frame.lower().split("x"))
         assert len(frame_hw) == 2
     except (ValueError, AssertionError):
-        raise ValueError(f"--frame {a.frame!r} is not HxW in pixels, e.g. 336x448.") from None
-    cfg = ServerConfig(token=a.token or secrets.token_urlsafe(18), max_sessions=a.max_sessions,
-                       sessions_per_client=a.sessions_per_client, fps=a.fps, frame_hw=frame_hw,
-                       batch_wait_s=a.batch_wait, max_frame_bytes=a.max_frame_kib << 10,
-                       max_client_fps=a.max_client_fps, max_question_chars=a.max_question_chars,
-                       max_upload_bytes=a.max_upload_mib << 20, allow_server_sources=not a.no_server_sources)
-    sampling = SamplingConfig.from_generation_config(a.ckpt, temperature=a.temperature or None,
-                                                     greedy=a.greedy or a.temperature == 0)
-    scfg = StreamConfig(vision_window=a.vision_window, text_sink=a.text_sink, text_window=a.text_window,
-                        max_new_tokens=a.max_new_tokens, vision_tokens=cfg.vision_tokens,
-                        question_tokens=a.question_tokens, answer_tokens=a.answer_tokens)
-    tok = ChatTokenizer.from_dir(a.ckpt)
-    model_cfg, params = svlm_jax.load(a.ckpt, a.dtype)
-    st = Streamer(model_cfg, params, tok, scfg, sampling=sampling, batch=cfg.max_sessions, seed=a.seed,
-                  stop_ids=stop_ids_for(tok, a.ckpt))
+        raise ConfigError(f"--frame {a.frame!r} is not HxW in pixels, e.g. 336x448.") from None
+    with user_input(ConfigError):  # the config dataclasses name the bad flag's field
+        cfg = ServerConfig(token=a.token or secrets.token_urlsafe(18), max_sessions=a.max_sessions,
+                           sessions_per_client=a.sessions_per_client, fps=a.fps, frame_hw=frame_hw,
+                           batch_wait_s=a.batch_wait, max_frame_bytes=a.max_frame_kib << 10,
+                           max_client_fps=a.max_client_fps, max_question_chars=a.max_question_chars,
+                           max_upload_bytes=a.max_upload_mib << 20, allow_server_sources=not a.no_server_sources)
+        scfg = StreamConfig(vision_window=a.vision_window, text_sink=a.text_sink, text_window=a.text_window,
+                            max_new_tokens=a.max_new_tokens, vision_tokens=cfg.vision_tokens,
+                            question_tokens=a.question_tokens, answer_tokens=a.answer_tokens)
+    load_config(a.ckpt)  # a missing or damaged checkpoint is named before its other files are read
+    with user_input(CheckpointError):  # a generation_config.json, tokenizer or weights that do not fit
+        sampling = SamplingConfig.from_generation_config(a.ckpt, temperature=a.temperature or None,
+                                                         greedy=a.greedy or a.temperature == 0)
+        tok = ChatTokenizer.from_dir(a.ckpt)
+        model_cfg, params = svlm_jax.load(a.ckpt, a.dtype)
+    with user_input(ConfigError):  # a cache too small for the prompt, stop ids outside the vocabulary
+        st = Streamer(model_cfg, params, tok, scfg, sampling=sampling, batch=cfg.max_sessions, seed=a.seed,
+                      stop_ids=stop_ids_for(tok, a.ckpt))
     return cfg, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit code (2 for bad input)."""
+    """The CLI; returns the exit code (2 for bad input, 130 when stopped by Ctrl-C while loading)."""
+    from svlm_jax.errors import cli_main
+
     a = parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg, st = build(a)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(lambda: _serve(a), "python -m experiments.serve")
+
+
+def _serve(a: argparse.Namespace) -> int:
+    cfg, st = build(a)
     import uvicorn
 
     from svlm_jax.serve.app import create_app, ws_max_size
@@ -113,4 +122,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())

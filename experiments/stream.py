@@ -313,11 +313,6 @@ def _main(a: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code == 130:
-        # Interrupted, possibly while XLA was compiling or running: everything is written and flushed, and
-        # the interpreter's teardown can race XLA's threads into a segfault, so skip it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    from svlm_jax.errors import exit_cli
+
+    exit_cli(main())  # after an interrupt everything is flushed; the teardown is skipped (it can segfault)

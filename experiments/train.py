@@ -479,4 +479,8 @@ def _main(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from svlm_jax.errors import exit_cli
+
+    # An interrupted run has saved its checkpoint and closed its log before main returns; then the
+    # teardown is skipped, as in the other CLIs (it can race XLA's threads into a segfault).
+    exit_cli(main())

@@ -9,8 +9,10 @@ ValueError keep working) and an `SvlmError` (so a CLI can tell them from its own
     ConfigError      flags or config values that cannot work together (or do not fit the device)
 
 `cli_main` runs a CLI body and turns these into one line on stderr and exit code 2; anything else
-(an internal bug) keeps its traceback. `check_output` refuses an output path that would write over,
-or inside, one of the command's inputs.
+(an internal bug) keeps its traceback, and `exit_cli` ends a CLI process with that code. `user_input`
+names a library's own ValueError/OSError as one of the four types where it can only come from the
+user's input; `need_file` and `need_dir` check an input path flag. `check_output` refuses an output
+path that would write over, or inside, one of the command's inputs.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import os
 import pathlib
 import sys
 import warnings
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NoReturn
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -69,12 +71,15 @@ def silence_stdout() -> None:
         pass
 
 
-def cli_main(body: Callable[[], int], prog: str, *, catch: tuple[type[BaseException], ...] = ()) -> int:
+def cli_main(body: Callable[[], int], prog: str, *, catch: tuple[type[BaseException], ...] = (),
+             interrupted: str = "interrupted.") -> int:
     """Run a CLI `body` and return its exit code; user errors become one line on stderr and code 2.
 
     SvlmError (and the extra exception types in `catch`, for libraries that report bad input their
-    own way) print `<prog>: error: <message>`; warnings print as `<prog>: warning: <message>`; a closed stdout (`| head`) stops quietly with code 0;
-    Ctrl-C gives 130. Anything else propagates with its traceback: it is a bug, not bad input.
+    own way) print `<prog>: error: <message>`; warnings print as `<prog>: warning: <message>`; a closed
+    stdout (`| head`) stops quietly with code 0; Ctrl-C prints `<prog>: <interrupted>` (say there what was
+    kept and how to resume) and gives 130. Anything else propagates with its traceback: it is a bug, not
+    bad input. A `__main__` passes the code to `exit_cli`.
     """
     try:
         with print_warnings(prog):
@@ -86,8 +91,54 @@ def cli_main(body: Callable[[], int], prog: str, *, catch: tuple[type[BaseExcept
         silence_stdout()
         return 0
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted.", file=sys.stderr, flush=True)
+        print(f"{prog}: {interrupted}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+
+
+def exit_cli(code: int) -> NoReturn:
+    """End a CLI process with `code` (what `cli_main` returned); every `python -m` entry point ends here.
+
+    After an interrupt (130) the output is flushed and the interpreter's teardown is skipped: the
+    interrupt may have come while XLA was compiling or running, and tearing down the interpreter under
+    XLA's threads can segfault. Whatever must survive (a checkpoint, a flushed log) is written before
+    `main` returns, so nothing that teardown would do is lost.
+    """
+    if code == EXIT_INTERRUPTED:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def user_input(error: type[SvlmError], *, types: tuple[type[BaseException], ...] = (ValueError, OSError)
+               ) -> Iterator[None]:
+    """Within the block, an exception of `types` becomes `error` with the same one-line message.
+
+    For library calls that report the user's bad input as a plain ValueError or OSError (config
+    dataclasses, readers): only wrap code whose such errors can only come from the input.
+    """
+    try:
+        yield
+    except SvlmError:
+        raise
+    except types as e:
+        raise error(one_line(e)) from e
+
+
+def need_file(path: str | os.PathLike | None, flag: str, what: str) -> None:
+    """Refuse (DataNotFound) a `flag` whose file does not exist; `what` says what to pass instead. None: unset."""
+    if path is not None and not os.path.isfile(path):
+        raise DataNotFound(f"{flag} {os.fspath(path)!r} does not exist or is not a file; pass {what}.")
+
+
+def need_dir(path: str | os.PathLike | None, flag: str, what: str) -> None:
+    """Refuse (DataNotFound) a `flag` whose directory does not exist; `what` says what to pass instead."""
+    if path is not None and not os.path.isdir(path):
+        raise DataNotFound(f"{flag} {os.fspath(path)!r} does not exist or is not a directory; pass {what}.")
 
 
 @contextlib.contextmanager

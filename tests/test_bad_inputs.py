@@ -294,6 +294,109 @@ def test_damaged_newest_training_checkpoint_falls_back(tmp_path, capfd):
     ck.close()
 
 
+# ------------------------------------------------------------------------------- eval, serve, reproduce, chunking
+def _eval_inputs(world, tmp_path):
+    """An Inf-Streams-Eval directory (metadata only), scoring windows, two merged results and an events file:
+    enough for every refusal below, which all come before a video is opened or a model is loaded."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "eval_all_metadata.jsonl").write_text(json.dumps({"video": "g.mp4", "content": [[0, 1, "red"]]}) + "\n")
+    files = {"data": data, "ckpt": world["ckpt"]}
+    for name, row in (("clips", {"video": "g.mp4", "content": [[0, 1, "red"], [9, 10, "ball"]]}),
+                      ("a", {"video": "g.mp4", "chunk_start": 0, "chunk_end": 10, "items": []}),
+                      ("events", {"video": "g.mp4", "video_id": "g", "event_id": 0, "begin": 0, "end": 2}),
+                      ("preds", {"video_id": "g", "event_id": 0, "pred": "red"})):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text(json.dumps(row) + "\n")
+    return files
+
+
+def test_eval_inf_streams_refuses_bad_inputs_and_outputs_over_inputs(world, tmp_path, capsys):
+    from experiments import eval_inf_streams
+
+    f = _eval_inputs(world, tmp_path)
+    ins = [f["data"], f["ckpt"], f["clips"], f["a"]]
+    gen = ["generate", "--data", str(f["data"]), "--ckpt", f["ckpt"], "--no-progress"]
+    for argv, needle in [(gen + ["--out", str(f["data"])], "--out directory"),
+                         (gen + ["--out", os.path.join(f["ckpt"], "results")], "lies inside the input"),
+                         (gen + ["--out", str(tmp_path / "o"), "--data", str(tmp_path / "nodata")], "--data"),
+                         (gen + ["--out", str(tmp_path / "o"), "--chunk", "0"], "--chunk"),
+                         (gen + ["--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "nockpt")], "nockpt"),
+                         (["gpt-baseline", "--data", str(f["data"]), "--clips", str(f["clips"]), "--out",
+                           str(f["data"])], "--out directory")]:
+        _cli(capsys, eval_inf_streams.main, argv, ins, needles=(needle,))
+    judge = ["judge", "--clips", str(f["clips"]), "--a", str(f["a"]), "--b", str(f["a"]), "--judge", "openai:x",
+             "--api-key", "k", "--no-progress"]
+    run = tmp_path / "run"
+    for argv, needle in [(judge + ["--out", str(run), "--cache", str(f["a"])], "judgment cache"),
+                         (judge + ["--out", str(run), "--cache", str(run / "judged.jsonl")], "output judged.jsonl"),
+                         (judge + ["--out", str(f["clips"])], "--out directory")]:
+        _cli(capsys, eval_inf_streams.main, argv, ins, needles=(needle,))
+    # score's outputs may not be its inputs; --a without --b is refused rather than ignored.
+    run.mkdir(exist_ok=True)
+    (run / "judged.jsonl").write_text("")
+    clips_in_out = run / "scores.json"
+    shutil.copy(f["clips"], clips_in_out)
+    score = ["score", "--out", str(run)]
+    for argv, needle in [(score + ["--clips", str(clips_in_out)], "output scores.json"),
+                         (score + ["--clips", str(f["clips"]), "--a", str(f["a"])], "--a and --b together")]:
+        _cli(capsys, eval_inf_streams.main, argv, ins + [run], needles=(needle,))
+
+
+def test_eval_livesports_and_vqa_refuse_bad_inputs_and_outputs_over_inputs(world, tmp_path, capsys):
+    from experiments import eval_livesports, eval_vqa
+
+    f = _eval_inputs(world, tmp_path)
+    ins = [f["data"], f["ckpt"], f["events"], f["preds"]]
+    gen = ["generate", "--events", str(f["events"]), "--videos", str(f["data"]), "--ckpt", f["ckpt"],
+           "--no-progress"]
+    baseline = tmp_path / "ls" / "score.json"  # a baseline file where the judge step writes its score
+    baseline.parent.mkdir()
+    shutil.copy(f["preds"], baseline)
+    judge = ["judge", "--events", str(f["events"]), "--baseline", str(baseline), "--pred", str(f["preds"]),
+             "--judge", "openai:x", "--api-key", "k", "--no-progress", "--out", str(baseline.parent)]
+    for argv, needle in [(gen + ["--out", str(f["data"] / "ls")], "lies inside the input"),
+                         (gen + ["--out", str(tmp_path / "o"), "--videos", str(tmp_path / "novideos")], "--videos"),
+                         (judge, "output score.json")]:
+        _cli(capsys, eval_livesports.main, argv, ins + [tmp_path / "ls"], needles=(needle,))
+    vqa = ["--bench", "lvb", "--data", str(f["data"]), "--ckpt", f["ckpt"], "--no-progress"]
+    for argv, needle in [(vqa + ["--out", str(f["data"])], "--out directory"),
+                         (vqa + ["--out", str(tmp_path / "o"), "--batch", "0"], "--batch"),
+                         (vqa[:3] + [str(tmp_path / "nodata")] + vqa[4:], "--data")]:
+        _cli(capsys, eval_vqa.main, argv, ins, needles=(needle,))
+
+
+def test_serve_reproduce_and_chunk_data_refuse_bad_inputs(world, tmp_path, capsys):
+    from experiments import chunk_data, reproduce, serve
+
+    _cli(capsys, serve.main, ["--ckpt", str(tmp_path / "nockpt")], [], needles=("nockpt", "does not exist"))
+    _cli(capsys, serve.main, ["--ckpt", world["ckpt"], "--max-sessions", "0"], [world["ckpt"]],
+         needles=("max_sessions",))
+    run = tmp_path / "rep"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "world.json").write_text("{}")
+    for argv, needle in [(["--quick", "--out", str(run), "--doc", str(run / "data" / "world.json")], "--doc"),
+                         (["--quick", "--out", world["tok"]], "--out")]:
+        _cli(capsys, reproduce.main, argv, [run, world["tok"]], needles=(needle,))
+    raw = tmp_path / "raw_seeks.jsonl"
+    raw.write_text(json.dumps(record_to_json("v.mp4", 0, 30, [(1, 2, "red")])) + "\n")
+    for argv, needle in [([str(raw), str(raw), "--force"], "is the input"),
+                         ([str(raw), str(tmp_path / "raw_with_seeks.jsonl")], "seeks file"),
+                         ([str(tmp_path / "nosrc.jsonl"), str(tmp_path / "dst.jsonl")], "nosrc.jsonl")]:
+        _cli(capsys, chunk_data.main, argv, [raw], needles=(needle,))
+
+
+def test_exit_cli_skips_teardown_only_after_an_interrupt():
+    # errors.py loaded on its own (it needs only the standard library), not through svlm_jax's JAX imports
+    code = ("import atexit, importlib.util as u, sys; s = u.spec_from_file_location('e', 'svlm_jax/errors.py'); "
+            "e = u.module_from_spec(s); s.loader.exec_module(e); atexit.register(print, 'teardown'); "
+            "print('said', end=''); e.exit_cli(int(sys.argv[1]))")
+    for rc, out in ((130, "said"), (2, "saidteardown\n")):
+        p = subprocess.run([sys.executable, "-c", code, str(rc)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert (p.returncode, p.stdout) == (rc, out), p.stderr
+
+
 # ------------------------------------------------------------------------------- library API
 def test_forward_refuses_empty_input_ids(world):
     with pytest.raises(ValueError, match="non-empty"):
@@ -325,14 +428,15 @@ def test_cli_processes_exit_2_with_one_line(world, tmp_path):
                world["video"]], "--vtt"),
              (["-m", "converters.hf_to_jax", world["hf"], world["hf"], "--overwrite"], "DST"),
              (["-m", "experiments.train", "--data", str(tmp_path / "typo.jsonl"), "--tokenizer", world["tok"],
-               "--out", str(tmp_path / "run")], "typo.jsonl")]
-    before = _digest([world["video"], world["hf"]])
+               "--out", str(tmp_path / "run")], "typo.jsonl"),
+             (["-m", "experiments.chunk_data", world["tok"], world["tok"], "--force"], "dst")]
+    before = _digest([world["video"], world["hf"], world["tok"]])
     procs = [(_python(*argv), needle) for argv, needle in cases]  # run side by side
     for p, needle in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 2, err
         _one_line(err, needle)
-    assert _digest([world["video"], world["hf"]]) == before
+    assert _digest([world["video"], world["hf"], world["tok"]]) == before
 
 
 def test_sigint_and_a_closed_pipe_end_the_stream_cleanly(world, tmp_path):

@@ -314,10 +314,10 @@ def test_registry_limits_sessions_per_client():
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     from experiments.serve import main
-    for argv, match in [(["--ckpt", str(tmp_path / "nope")], "No tokenizer.json"),
+    for argv, match in [(["--ckpt", str(tmp_path / "nope")], "does not exist"),
                         (["--ckpt", str(tmp_path), "--frame", "100x100"], "multiples of 28"),
                         (["--ckpt", str(tmp_path), "--frame", "big"], "is not HxW"),
                         (["--ckpt", str(tmp_path), "--token", "short"], "at least 8 characters")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("error:") and match in err, err
+        assert len(err.splitlines()) == 1 and err.startswith("python -m experiments.serve: error:") and match in err, err

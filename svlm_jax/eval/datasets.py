@@ -28,6 +28,12 @@ class Problems:
         self.counts[kind] += 1
         self.messages.append(message)
 
+    def extend(self, *others: "Problems") -> None:
+        """Add the counts and messages of `others` to these."""
+        for o in others:
+            self.counts.update(o.counts)
+            self.messages += o.messages
+
     def __len__(self) -> int:
         return sum(self.counts.values())
 
