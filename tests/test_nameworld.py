@@ -95,3 +95,11 @@ def test_score_counts_events_names_and_memory_by_hand():
     assert nameworld.pool(segs)["correct"] == 3
     assert nameworld.parse_calls("red square bounces blue triangle leaves ace") == [
         ("red square bounces", None), ("blue triangle leaves", "ace")]
+
+
+def test_name_slots_tell_entry_copy_and_unseen():
+    words = ["red", "square", "enters", "zed", None, "blue", "triangle", "bounces", "ace", "red", "square",
+             "bounces", "zed", "<|im_end|>", "red", "square", "leaves", "zed", "red", "square", "enters", "max",
+             "blue", "triangle", "leaves", "ace", "bounces", "sam"]
+    assert nameworld.name_slots(words) == [(3, "entry"), (8, "unseen"), (12, "copy"), (17, "copy"), (21, "entry"),
+                                           (25, "copy")]

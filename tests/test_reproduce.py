@@ -24,7 +24,7 @@ def test_quick_reproduction_writes_every_table_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     doc = (tmp_path / "REPRODUCTION.md").read_text()
     for heading in ("## Claims", "## Table 4 shape", "## Table 5 shape", "## Table 7 shape", "## Fig. 8 shape",
-                    "## Efficiency", "## Every run", "--quick"):
+                    "## Efficiency", "## Every run", "--quick", "Can the models read and copy names"):
         assert heading in doc, heading
     for v in reproduce.VARIANTS:
         assert f"| {v} (overlap" in doc, v
@@ -35,6 +35,10 @@ def test_quick_reproduction_writes_every_table_and_resumes(tmp_path):
         assert len(r["segments"]) == 5 and r["cost"]["peak_cache_bytes"] > 0
         assert r["reached"] == r["seconds"] or r["stopped"]  # full attention may stop at its memory cap
         assert sum(s["events"] for s in r["segments"]) == r["score"]["events"] > 0
+    assert sorted(data["probes"]) == sorted({f"{r.variant}_s{r.seed}" for r in runs})
+    for p in data["probes"].values():  # teacher-forced name accuracy: counts of real name tokens
+        assert p["probe"]["entry"]["n"] + p["probe"]["copy"]["n"] > 0
+        assert all(0 <= k["ok"] <= k["n"] for k in p["probe"].values())
     assert len(data["claims"]) == 6 and all(c["holds"] in (True, False, None) for c in data["claims"])
     for c in data["claims"]:
         assert c["claim"] in first.stdout and c["paper"] in first.stdout

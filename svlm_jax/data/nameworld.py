@@ -7,10 +7,11 @@ name ("red square enters zed" ... "red square bounces zed" ... "red square leave
 
 The name is shown only in the second the object enters, as a dark notch in its lit lane: the lane is
 `len(NAMES)` patches wide and the notch, a black patch, sits in the column of the name's index. After that second
-the frames no longer tell the name, so a later call can name the object correctly only by reading the
-entry call back from older commentary. An object lives 7-23 s (1-6 bounces), longer than the training
-chunk and the vision window of the evaluation, so the entry call has usually left the vision window by
-the time the object leaves: it survives in the cache's text sink or text window, or it is lost.
+the frames no longer tell the name, so a later call can name the object correctly only by reading an
+earlier call about it back from older commentary. An object lives 7-23 s (1-6 bounces), longer than the
+training chunk and the vision window of the evaluation, so its entry has usually left the vision window
+by the time it leaves. Since every call repeats the name, the latest one is a few seconds back: it
+survives in the cache's text window (or, early in a stream, its text sink), or it is lost.
 
 `write_dataset` writes the training videos, held-out streams and their ground truth in the
 reference JSONL format, and a word-level tokenizer; `score` measures event recall/precision, the
@@ -208,6 +209,26 @@ def parse_calls(text: str) -> list[tuple[str, str | None]]:
             i += 3 + (name is not None)
         else:
             i += 1
+    return out
+
+
+def name_slots(words: Sequence[str | None]) -> list[tuple[int, str]]:
+    """Where a sequence of words (None for tokens outside the world's vocabulary) says a name, and what it
+    takes to know it: [(index of the name, kind)] for every 'colour shape action name', where kind is
+      entry   the action is 'enters' (the name is on screen: perception);
+      copy    an earlier call of the same object in the sequence says its name (copying from the text);
+      unseen  no earlier call of it is in the sequence (the name is lost).
+    The most recent earlier call of the same colour and shape is the same object: an object's lane is its
+    own, and a new object of that colour is announced by an entry call that is more recent."""
+    colours, shapes = {c for c, _, _ in OBJECTS}, {s for _, s, _ in OBJECTS}
+    out = []
+    last: dict[tuple[str, str], int] = {}
+    for i in range(3, len(words)):
+        if words[i] in NAMES and words[i - 1] in ACTIONS and words[i - 3] in colours and words[i - 2] in shapes:
+            key = (words[i - 3], words[i - 2])
+            kind = "entry" if words[i - 1] == "enters" else ("copy" if key in last else "unseen")
+            out.append((i, kind))
+            last[key] = i
     return out
 
 
