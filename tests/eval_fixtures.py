@@ -9,13 +9,13 @@ import os
 import shutil
 import tempfile
 
-import jax
 import numpy as np
 
 import svlm_jax
-from svlm_jax import ModelConfig, init_params
+from svlm_jax import ModelConfig
 from svlm_jax.tokenizer import word_level_tokenizer
 from svlm_jax.video import write_mp4
+from tests.model_fixtures import random_params
 
 CFG = ModelConfig.tiny()
 WORDS = ["Curry", "shoots", "three", "Good", "evening", "pass", "goal", "saved", "Welcome", "over", "night",
@@ -43,7 +43,7 @@ def write_checkpoint(root) -> str:
     """A tiny random checkpoint (with tokenizer.json) under root/ckpt."""
     tok = os.path.join(root, "tokenizer.json")
     word_level_tokenizer(WORDS, CFG).save(tok)
-    params = jax.jit(lambda k: init_params(CFG, k))(jax.random.key(0))
+    params = random_params(CFG)
     return str(svlm_jax.save(os.path.join(root, "ckpt"), CFG, params, files=[tok]))
 
 

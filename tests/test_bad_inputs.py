@@ -28,13 +28,14 @@ from converters import hf_to_jax, jax_to_hf, safetensors_io
 from experiments import stream as stream_cli
 from experiments import train as train_cli
 from experiments.forward_demo import write_synthetic
-from svlm_jax import ModelConfig, init_params
+from svlm_jax import ModelConfig
 from svlm_jax.checkpoint import Preprocessing, save_preprocessing
 from svlm_jax.data.format import read_jsonl, record_to_json
 from svlm_jax.errors import CheckpointError, ConfigError, VideoError, check_output
 from svlm_jax.stream import Comment
 from svlm_jax.tokenizer import word_level_tokenizer
 from svlm_jax.video import write_mp4
+from tests.model_fixtures import random_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CFG = ModelConfig.tiny()
@@ -65,7 +66,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
     tok = root / "tokenizer.json"
     word_level_tokenizer(["red", "ball"], CFG).save(str(tok))
-    params = jax.jit(lambda k: init_params(CFG, k))(jax.random.key(0))
+    params = random_params(CFG)
     ckpt = svlm_jax.save(root / "ckpt", CFG, params, files=[tok])
     video = write_synthetic(str(root / "clip.mp4"), 2.5, rate=8, h=64, w=64)
     full = _faststart_mp4(root / "fast.mp4", 4.0)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from svlm_jax import ModelConfig, forward, init_params
+from svlm_jax import ModelConfig, forward
 from svlm_jax.eval.vqa import frames as F
 from svlm_jax.eval.vqa import protocols as P
 from svlm_jax.eval.vqa import scoring
@@ -18,6 +18,7 @@ from svlm_jax.eval.vqa.results import PREDICTIONS, Predictions, finish
 from svlm_jax.eval.vqa.run import prompt_for, run_offline
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 from svlm_jax.video import write_mp4
+from tests.model_fixtures import random_params
 
 CFG = ModelConfig.tiny(tie_word_embeddings=False)
 WORDS = ["A", "B", "C", "D", "E", "F", "Yes", "No", " A", " B", " Yes", "cat", "dog", "red", "sun", "ball", "jump",
@@ -299,9 +300,7 @@ def rig_head(params, hidden, scores):
 @functools.lru_cache(maxsize=1)
 def tiny_params():
     """One random model per process, shared by both Video QA test modules (jitted: eager init is slower)."""
-    import jax
-
-    return jax.jit(lambda k: init_params(CFG, k))(jax.random.key(0))
+    return random_params(CFG)
 
 
 @pytest.fixture(scope="module")

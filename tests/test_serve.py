@@ -10,12 +10,11 @@ import socket
 import time
 import urllib.request
 
-import jax
 import numpy as np
 import pytest
 
 from experiments.forward_demo import write_synthetic
-from svlm_jax import ModelConfig, init_params
+from svlm_jax import ModelConfig
 from svlm_jax.cache import StreamConfig
 from svlm_jax.serve.client import Client, SessionError, encode_jpeg, get, metric
 from svlm_jax.serve.config import ServerConfig
@@ -27,6 +26,7 @@ from svlm_jax.serve.session import Registry, Session
 from svlm_jax.serve.transcript import to_jsonl, to_vtt
 from svlm_jax.stream import SamplingConfig, Streamer
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+from tests.model_fixtures import random_params
 
 CFG = ModelConfig.tiny()
 TOKEN = "test-token-123"
@@ -39,7 +39,7 @@ QUESTION = "what is the red ball"
 
 @pytest.fixture(scope="module")
 def model():
-    params = jax.jit(lambda key: init_params(CFG, key))(jax.random.key(0))
+    params = random_params(CFG)
     tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(["red", "ball", "what", "is", "the"], CFG))
     return params, tok
 

@@ -6,17 +6,17 @@ playwright (pip); Playwright's own browser download is never used.
 """
 import itertools
 
-import jax
 import pytest
 from playwright.sync_api import sync_playwright
 
-from svlm_jax import ModelConfig, init_params
+from svlm_jax import ModelConfig
 from svlm_jax.cache import StreamConfig
 from svlm_jax.serve.client import get
 from svlm_jax.serve.config import ServerConfig
 from svlm_jax.serve.runner import ThreadedServer
 from svlm_jax.stream import SamplingConfig, Streamer
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+from tests.model_fixtures import random_params
 
 CFG = ModelConfig.tiny()
 TOKEN = "browser-token-123"
@@ -37,7 +37,7 @@ def pseudo_words(n):
 
 @pytest.fixture(scope="module")
 def server():
-    params = jax.jit(lambda key: init_params(CFG, key))(jax.random.key(0))
+    params = random_params(CFG)
     tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(pseudo_words(956), CFG))
     st = Streamer(CFG, params, tok, SCFG, sampling=SamplingConfig(temperature=1.0), batch=SERVER.max_sessions)
     with ThreadedServer(SERVER, st) as srv:

@@ -7,28 +7,17 @@ import jax
 import numpy as np
 import pytest
 
-from svlm_jax import ModelConfig, forward, init_params
+from svlm_jax import ModelConfig, forward
 from svlm_jax.cache import CacheFull, StreamConfig, cache_bytes
 from svlm_jax.prompt import DEFAULT_QUERY, SILENCE, build_prefix, build_round
 from svlm_jax.stream import SamplingConfig, Streamer, sample_token, stop_ids_for, synthetic_seconds
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+from tests.model_fixtures import noisy_params
 from tests.stream_reference import History, Reference
 
 CFG = ModelConfig.tiny()
 WORDS = ["red", "ball", "enters", "bounces", "goal", "what", "a", "shot"]
 GREEDY = SamplingConfig(greedy=True)
-
-
-def noisy_params(cfg, seed=0, scale=0.2):
-    """Random params with noise on every leaf (norms and biases included): greedy output depends on the input."""
-
-    @jax.jit
-    def noisy(key):
-        leaves, tree = jax.tree_util.tree_flatten(init_params(cfg, key))
-        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-        return tree.unflatten([x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-    return noisy(jax.random.key(seed))
 
 
 @pytest.fixture(scope="module")

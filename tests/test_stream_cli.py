@@ -3,19 +3,18 @@ import io
 import json
 import os
 
-import jax
 import pytest
 
 import svlm_jax
 from experiments.forward_demo import write_synthetic
 from experiments.stream import Outputs, main, original_vtt_time, run, vtt_time
-from svlm_jax import ModelConfig, init_params
+from svlm_jax import ModelConfig
 from svlm_jax.cache import StreamConfig
 from svlm_jax.stream import Comment, SamplingConfig, Streamer, synthetic_seconds
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
+from tests.model_fixtures import random_params
 
 CFG = ModelConfig.tiny()
-PARAMS = jax.jit(lambda key: init_params(CFG, key))
 SMALL = ["--greedy", "--max-new-tokens", "4", "--vision-window", "2", "--text-sink", "8", "--text-window", "8"]
 
 
@@ -24,7 +23,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream_cli")
     tok_json = root / "tokenizer.json"
     word_level_tokenizer(["red", "ball"], CFG).save(str(tok_json))
-    ckpt = svlm_jax.save(root / "ckpt", CFG, PARAMS(jax.random.key(0)), files=[tok_json])
+    ckpt = svlm_jax.save(root / "ckpt", CFG, random_params(CFG), files=[tok_json])
     video = write_synthetic(str(root / "clip.mp4"), 2.5, rate=8)
     data = open(video, "rb").read()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
@@ -88,7 +87,7 @@ def test_interrupt_flushes_what_was_said(tmp_path, capsys):
     tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(["red", "ball"], CFG))
     scfg = StreamConfig(vision_window=2, text_sink=4, text_window=4, max_new_tokens=3, vision_tokens=4,
                         round_tokens=32, prefix_tokens=24, query_tokens=8)
-    st = Streamer(CFG, PARAMS(jax.random.key(0)), tok, scfg, sampling=SamplingConfig(greedy=True))
+    st = Streamer(CFG, random_params(CFG), tok, scfg, sampling=SamplingConfig(greedy=True))
 
     def seconds():
         yield from synthetic_seconds(CFG, seconds=2)
@@ -110,7 +109,7 @@ def test_generation_config_sets_top_k_and_stops(files, tmp_path, capsys):
     root, ckpt, video = files
     gen = tmp_path / "generation_config.json"
     gen.write_text(json.dumps({"top_k": 1, "top_p": 0.001, "eos_token_id": [1005, 1004]}))
-    stock = svlm_jax.save(tmp_path / "ckpt", CFG, PARAMS(jax.random.key(0)), files=[root / "tokenizer.json", gen])
+    stock = svlm_jax.save(tmp_path / "ckpt", CFG, random_params(CFG), files=[root / "tokenizer.json", gen])
     sampled = [x for x in SMALL if x != "--greedy"]
 
     def texts(path, flags):
