@@ -272,7 +272,8 @@ def name_probe(plan: Plan, model_dir: str, paths: dict, per_stream: int = 32) ->
     training chunks are, with their previous text): of the name tokens in the answers, the share whose
     argmax is right, per `nameworld.name_slots` kind (entry: read from the frames; copy: an earlier call
     in the chunk or its previous text says it). It tells a model that cannot read or copy names from one
-    whose streaming cache loses them. Returns {kind: {"n": count, "ok": right, "acc": share}}."""
+    whose streaming cache loses them. Returns {kind: {"n": count, "ok": right, "acc": share}} and
+    "predicted": {word: how often it is the argmax at a name slot}."""
     import numpy as np
 
     import svlm_jax
@@ -300,6 +301,7 @@ def name_probe(plan: Plan, model_dir: str, paths: dict, per_stream: int = 32) ->
     ds, batches = eval_dataset(chunks, tok, cfg, scfg, pcfg)
     it = iter(ds)
     counts = {k: [0, 0] for k in ("entry", "copy", "unseen")}
+    said: dict[str, int] = {}  # what the model predicts at the name slots: a model at the prior says one name
     for _ in range(batches):
         batch = next(it)
         pred = np.asarray(_head_logits(cfg, params, batch_hidden(cfg, params, batch, remat=False))).argmax(-1)
@@ -310,7 +312,10 @@ def name_probe(plan: Plan, model_dir: str, paths: dict, per_stream: int = 32) ->
                 if mask[b, i - 1]:  # the name is a target of the answer (position i-1 predicts token i)
                     counts[kind][0] += 1
                     counts[kind][1] += int(pred[b, i - 1] == ids[b, i])
-    return {k: {"n": n, "ok": ok, "acc": ok / n if n else 0.0} for k, (n, ok) in counts.items()}
+                    w = word.get(int(pred[b, i - 1])) or "?"
+                    said[w] = said.get(w, 0) + 1
+    out = {k: {"n": n, "ok": ok, "acc": ok / n if n else 0.0} for k, (n, ok) in counts.items()}
+    return {**out, "predicted": dict(sorted(said.items(), key=lambda kv: -kv[1]))}
 
 
 # ------------------------------------------------------------------------------------------ claims
@@ -361,16 +366,32 @@ def claims(results: dict[str, dict], plan: Plan) -> list[dict]:
         out.append({"claim": name, "table": table, "paper": paper, "measured": "not run yet", "holds": None,
                     "why": "its runs are not finished (see the partial-results note)"})
 
+    def by_seed(**kw) -> dict[int, float]:
+        return {r["run"]["seed"]: r["score"][metric] for r in results.values()
+                if all(r["run"].get(k) == v for k, v in kw.items())}
+
     def pair(name, paper, a_name, a_kw, b_name, b_kw, table):
         a, b = get(**a_kw), get(**b_kw)
         if not a or not b:  # a partial run: this claim's runs are not done yet
             return missing(name, paper, table)
         (ma, sa), (mb, sb) = _mean_sd(a), _mean_sd(b)
         (_, ssa), (_, ssb) = _mean_sd(per_stream(**a_kw)), _mean_sd(per_stream(**b_kw))
+        # Paired by training seed: the same model (RoPE, sliding) or the same initialisation and data order
+        # (overlap). The ordering holds only when the mean difference is above twice its standard error;
+        # a smaller one is the seeds' noise, not an ordering.
+        sa_, sb_ = by_seed(**a_kw), by_seed(**b_kw)
+        diffs = [sa_[k] - sb_[k] for k in sorted(set(sa_) & set(sb_))]
+        md, sd = _mean_sd(diffs) if diffs else (ma - mb, 0.0)
+        se = sd / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+        holds, why = md > 0, ""
+        if len(diffs) > 1 and abs(md) <= 2 * se:
+            holds, why = False, (f"the difference {md:+.3f} is within twice its standard error {se:.3f} over "
+                                 f"{len(diffs)} seeds: no ordering")
         out.append({"claim": name, "table": table, "paper": paper,
                     "measured": f"{a_name} {ma:.3f}±{sa:.3f} vs {b_name} {mb:.3f}±{sb:.3f} "
-                                f"(seeds n={len(a)}/{len(b)}; sd over single streams {ssa:.3f}/{ssb:.3f})",
-                    "holds": ma > mb, "values": {a_name: a, b_name: b}})
+                                f"(seeds n={len(a)}/{len(b)}; sd over single streams {ssa:.3f}/{ssb:.3f}); "
+                                f"paired difference {md:+.3f}, standard error {se:.3f}",
+                    "holds": holds, "why": why, "values": {a_name: a, b_name: b, "paired_differences": diffs}})
 
     pair("Contiguous RoPE beats native RoPE on long streams", "contiguous ∞ 66.18 > native ∞ 25.09",
          "contiguous", base(variant="overlapped"), "native", base(variant="overlapped", pos_mode="native"), "Table 4")
@@ -442,7 +463,8 @@ def claims(results: dict[str, dict], plan: Plan) -> list[dict]:
 
 
 def _verdict(holds: bool | None, why: str = "") -> str:
-    return {True: "reproduced", False: "**not reproduced**", None: f"**not tested** ({why})"}[holds]
+    return {True: "reproduced", False: f"**not reproduced**{f' ({why})' if why else ''}",
+            None: f"**not tested** ({why})"}[holds]
 
 
 def _row(r: dict) -> str:
@@ -578,10 +600,16 @@ def report(plan: Plan, results: dict[str, dict], claim_list: list[dict], meta: d
                  "text, which no cache policy is involved in); *unseen*: no earlier call of it is in the input. "
                  f"Chance is {100 * CHANCE:.0f}%. A model at chance here cannot be helped by any cache: the "
                  "memory claims need a model that copies.\n")
-        L.append("| model | final train loss | entry names | copied names | unseen names |\n|---|---|---|---|---|")
+        L.append("| model | final train loss | entry names | copied names | unseen names | most said name |\n"
+                 "|---|---|---|---|---|---|")
         for name, pr in probes.items():
             cells = [f"{100 * pr['probe'][k]['acc']:.1f} (n={pr['probe'][k]['n']})" for k in ("entry", "copy", "unseen")]
-            L.append(f"| {name} | {pr['train']['final_loss']:.3f} | " + " | ".join(cells) + " |")
+            said = pr["probe"].get("predicted", {})
+            top = (f"{next(iter(said))} ({100 * next(iter(said.values())) / sum(said.values()):.0f}% of slots)"
+                   if said else "")
+            L.append(f"| {name} | {pr['train']['final_loss']:.3f} | " + " | ".join(cells) + f" | {top} |")
+        L.append("\nA model that says one name at (nearly) every slot has learned only the names' prior: its "
+                 "accuracy is that name's share of the slots, the same for every such model.")
         L.append("")
     L.append("## Claims\n")
     L.append(f"| claim | paper | measured ({metric.replace('_', ' ')}, mean ± sd over seeds) | holds |\n"
