@@ -100,6 +100,16 @@ def grid(plan: Plan) -> list[Run]:
 # ------------------------------------------------------------------------------------------ training
 
 
+def sample_config(plan: Plan):
+    """How training chunks become samples (and how the probe cuts held-out ones): the plan's previous text,
+    56x56 frames on the grid, and the inference template (the demo's choice: trained on what the streamer
+    shows)."""
+    from svlm_jax.data.sample import SampleConfig
+
+    return SampleConfig(text_sink=plan.text_sink, text_window=plan.text_window, min_pixels=56 * 56,
+                        max_pixels=56 * 56, max_seq_len=1024, template="inference", frames="grid")
+
+
 _TRAINERS: dict = {}
 
 
@@ -129,7 +139,7 @@ def train_variant(plan: Plan, variant: str, seed: int, paths: dict, out: str, lo
     from svlm_jax.data.chunker import ChunkConfig, chunk_records
     from svlm_jax.data.format import read_jsonl
     from svlm_jax.data.pipeline import PipelineConfig, train_dataset
-    from svlm_jax.data.sample import BatchShapes, SampleConfig, geometric_buckets
+    from svlm_jax.data.sample import BatchShapes, geometric_buckets
     from svlm_jax.tokenizer import ChatTokenizer
     from svlm_jax.train import loop as loop_lib
 
@@ -141,9 +151,7 @@ def train_variant(plan: Plan, variant: str, seed: int, paths: dict, out: str, lo
                                                 overlap=plan.overlap if overlap is None else overlap))
     if not previous:
         chunks = [dataclasses.replace(c, previous="") for c in chunks]
-    # Trained on what the streamer shows (the demo's choice): inference template, grid frames.
-    scfg = SampleConfig(text_sink=plan.text_sink, text_window=plan.text_window, min_pixels=56 * 56,
-                        max_pixels=56 * 56, max_seq_len=1024, template="inference", frames="grid")
+    scfg = sample_config(plan)
     pcfg = PipelineConfig(batch_size=plan.batch_size, seed=seed, num_workers=1,
                           shapes=BatchShapes(seq=geometric_buckets(256, 1024, 64)))
     it = iter(train_dataset(chunks, tok, cfg, scfg, pcfg))
@@ -281,7 +289,7 @@ def name_probe(plan: Plan, model_dir: str, paths: dict, per_stream: int = 32) ->
     from svlm_jax.data.chunker import ChunkConfig, chunk_records
     from svlm_jax.data.format import read_jsonl
     from svlm_jax.data.pipeline import PipelineConfig, eval_dataset
-    from svlm_jax.data.sample import BatchShapes, SampleConfig, geometric_buckets
+    from svlm_jax.data.sample import BatchShapes, geometric_buckets
     from svlm_jax.tokenizer import ChatTokenizer
     from svlm_jax.train.loss import _head_logits, batch_hidden
 
@@ -293,8 +301,7 @@ def name_probe(plan: Plan, model_dir: str, paths: dict, per_stream: int = 32) ->
         mine = chunk_records([rec], ChunkConfig(window=plan.window, overlap=plan.overlap))
         step = max(1, len(mine) // per_stream)
         chunks += mine[::step][:per_stream]
-    scfg = SampleConfig(text_sink=plan.text_sink, text_window=plan.text_window, min_pixels=56 * 56,
-                        max_pixels=56 * 56, max_seq_len=1024, template="inference", frames="grid")
+    scfg = sample_config(plan)
     pcfg = PipelineConfig(batch_size=plan.batch_size, seed=0, num_workers=0,
                           shapes=BatchShapes(seq=geometric_buckets(256, 1024, 64)))
     word = {i: tok.decode([i]).strip() for i in range(tok.vocab_size)}
