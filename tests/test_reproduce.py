@@ -38,7 +38,9 @@ def test_quick_reproduction_writes_every_table_and_resumes(tmp_path):
     assert sorted(data["probes"]) == sorted({f"{r.variant}_s{r.seed}" for r in runs})
     for p in data["probes"].values():  # teacher-forced name accuracy: counts of real name tokens
         assert p["probe"]["entry"]["n"] + p["probe"]["copy"]["n"] > 0
-        assert all(0 <= k["ok"] <= k["n"] for k in p["probe"].values())
+        kinds = [p["probe"][k] for k in ("entry", "copy", "unseen")]
+        assert all(0 <= k["ok"] <= k["n"] for k in kinds)
+        assert sum(p["probe"]["predicted"].values()) == sum(k["n"] for k in kinds)
     assert len(data["claims"]) == 6 and all(c["holds"] in (True, False, None) for c in data["claims"])
     for c in data["claims"]:
         assert c["claim"] in first.stdout and c["paper"] in first.stdout
