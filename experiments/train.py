@@ -177,6 +177,19 @@ def _paths(value) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
+def _model_config(args):
+    """The model's config: the --init checkpoint's, the demo's, or the --preset's."""
+    if args.init:
+        from svlm_jax.checkpoint import load_config
+
+        return load_config(args.init)
+    if args.demo:
+        return demo_model_config()
+    from svlm_jax import ModelConfig
+
+    return ModelConfig.preset(args.preset)
+
+
 def _check_inputs(args) -> None:
     """Refuse a run that cannot work before anything is written: missing inputs, an --out that is a file or
     one of the inputs, unknown --freeze prefixes. Raises the domain's error naming the flag."""
@@ -200,16 +213,7 @@ def _check_inputs(args) -> None:
     check_output(args.out, inputs, what="--out directory")
     check_output(os.path.join(args.out, "model"), inputs, what="exported model directory (--out/model)",
                  replaces=True)
-    if args.init:
-        from svlm_jax.checkpoint import load_config
-
-        cfg = load_config(args.init)
-    elif args.demo:
-        cfg = demo_model_config()
-    else:
-        from svlm_jax import ModelConfig
-
-        cfg = ModelConfig.preset(args.preset)
+    cfg = _model_config(args)
     from svlm_jax import param_shapes
     from svlm_jax.train.optim import check_frozen
 
@@ -317,7 +321,7 @@ def _main(args) -> int:
     import jax.numpy as jnp
 
     import svlm_jax
-    from svlm_jax import ModelConfig, init_params, param_shapes
+    from svlm_jax import init_params, param_shapes
     from svlm_jax.data import synthetic
     from svlm_jax.data.chunker import ChunkConfig, chunk_records
     from svlm_jax.data.format import Record, RecordError
@@ -338,15 +342,7 @@ def _main(args) -> int:
     os.makedirs(args.out, exist_ok=True)
 
     # ---------------------------------------------------------------- model config and tokenizer
-    if args.init:
-        from svlm_jax.checkpoint import load_config
-
-        cfg = load_config(args.init)
-    elif args.demo:
-        cfg = demo_model_config()
-    else:
-        cfg = ModelConfig.preset(args.preset)
-    cfg = cfg.replace(dtype=args.dtype)
+    cfg = _model_config(args).replace(dtype=args.dtype)
     paths = {}
     if args.demo:
         t = time.time()
