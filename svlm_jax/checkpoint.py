@@ -82,27 +82,32 @@ def load_preprocessing(path: str | os.PathLike) -> Preprocessing:
 
 
 @contextlib.contextmanager
-def _orbax_errors(what: str, directory: pathlib.Path) -> Iterator[None]:
-    """Turn Orbax / TensorStore failures on reading `directory` into one CheckpointError.
-
-    Orbax logs each failing read from its worker threads before raising; those logs are silenced
-    here because the error that follows says the same in one line.
-    """
+def quiet_orbax() -> Iterator[None]:
+    """Silence Orbax's per-thread error logs while a read is tried: Orbax logs each failing read from its
+    worker threads before raising, and the error that follows says the same in one line."""
     loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
         yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _orbax_errors(what: str, directory: pathlib.Path) -> Iterator[None]:
+    """Turn Orbax / TensorStore failures on reading `directory` into one CheckpointError (logs quieted)."""
+    try:
+        with quiet_orbax():
+            yield
     except (KeyboardInterrupt, MemoryError, CheckpointError):
         raise
     except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged directory
         detail = " ".join(str(e).split())[:200]
         raise CheckpointError(f"Cannot read the {what} in {directory}: it is damaged or incomplete "
                               f"({type(e).__name__}: {detail}); re-save or re-convert the checkpoint.") from e
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 Params = dict[str, Any]
 

@@ -11,30 +11,15 @@ from the newest one that reads.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 from orbax.checkpoint import v1 as ocp
 
+from svlm_jax.checkpoint import quiet_orbax
 from svlm_jax.errors import CheckpointError
-
-
-@contextlib.contextmanager
-def _quiet_orbax() -> Iterator[None]:
-    """Silence Orbax's per-thread error logs while a restore is tried; its exception says it once."""
-    loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 class TrainCheckpointer:
@@ -84,7 +69,7 @@ class TrainCheckpointer:
             items["data"] = data_iter
         for s in candidates:
             try:
-                with _quiet_orbax():
+                with quiet_orbax():
                     out = self._ckpt.load_checkpointables(s, items)
                 return out["state"], s
             except (KeyboardInterrupt, MemoryError):
