@@ -1,12 +1,14 @@
 """What goes wrong because of the user's input, one exception type per domain, and the CLI boundary.
 
-Every error a user can fix is one of four types, each a `ValueError` (so API callers that catch
+Every error a user can fix is one of these types, each a `ValueError` (so API callers that catch
 ValueError keep working) and an `SvlmError` (so a CLI can tell them from its own bugs):
 
     VideoError       a video source cannot be opened, decoded or understood
     CheckpointError  a checkpoint (model, tokenizer, training step) is missing, damaged or does not fit
     DataError        an annotation file or dataset cannot be read
     ConfigError      flags or config values that cannot work together (or do not fit the device)
+    StreamInputError one stream's input (a second, its frames, a question) does not fit the stream; it names
+                     the stream, so a batch can end that stream alone
 
 `cli_main` runs a CLI body and turns these into one line on stderr and exit code 2; anything else
 (an internal bug) keeps its traceback, and `exit_cli` ends a CLI process with that code. `user_input`
@@ -53,6 +55,18 @@ class DataNotFound(DataError, FileNotFoundError):
 
 class ConfigError(SvlmError, ValueError):
     """Settings that cannot work: a bad flag value, a config that does not fit the data or the device."""
+
+
+class StreamInputError(SvlmError, ValueError):
+    """One stream's input (a second, its frames or time stamps, a question) does not fit that stream.
+
+    `stream` is the stream's index in its batch (None when not known), so a batched caller can end that
+    stream alone and go on with the others.
+    """
+
+    def __init__(self, message: str, stream: int | None = None):
+        super().__init__(message)
+        self.stream = stream
 
 
 def one_line(e: BaseException) -> str:
