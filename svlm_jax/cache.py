@@ -277,9 +277,10 @@ class _Row:
     user_text: list[int] = dataclasses.field(default_factory=list)  # slots of `Time=a-bs` (+ question)
     vision: list[int] = dataclasses.field(default_factory=list)  # slots <|vision_start|> .. <|vision_end|>
     header: list[int] = dataclasses.field(default_factory=list)  # slots of <|im_start|>assistant\n
-    pending: list[int] = dataclasses.field(default_factory=list)  # sampled stop ids kept in the turn, not yet cached
+    # Sampled but not yet cached: a capped turn's last token, a stop id kept in the turn (e.g. <|endoftext|>).
+    pending: list[int] = dataclasses.field(default_factory=list)
     turn: bool = True  # the commentary turn is still in place
-    n_content: int = 0  # content_ids[:n_content] were generated; later ones are stop ids cached afterwards
+    n_content: int = 0  # the first n_content content ids (pending ones included) were generated; then a stop id
 
 
 class HostStream:
@@ -486,7 +487,8 @@ class HostStream:
         pending = list(prev.pending) if prev is not None else []
         if s.evict:
             self._evict(t, moves)
-        # The previous turn's pending stop id and <|im_end|>\n, if that turn is still in place.
+        # The previous turn's pending token (its capped last token or stop id) and <|im_end|>\n, if that turn is
+        # still in place: cached now, after the eviction, as the original's next prefill caches them.
         if t > 0:
             if prev is not None and prev.turn:
                 base = lay.row_start(t - 1) + lay.content + len(prev.content_ids)
@@ -503,7 +505,7 @@ class HostStream:
             else:
                 # A text_round of 1 retired that turn before its tail was cached; the original then drops
                 # the "\n" that opens this round, as its kept ids end in one. Native positions count the
-                # pending stop and the tail as if written.
+                # pending token and the tail as if written.
                 self.cursor += len(pending) + 2
         row0 = lay.row_start(t)
         query_slots: list[int] = []
@@ -572,32 +574,37 @@ class HostStream:
                          move_src=src, move_dst=dst, base_slot=base + len(answer_prefix),
                          base_order=int(o.size), base_pos=float(base_pos))
 
-    def commit(self, content: Sequence[int], stop: int | None = None) -> None:
-        """Record the content tokens generated (and written to the cache) for the latest second, after its
-        answer prefix if it had one.
+    def commit(self, content: Sequence[int], stop: int | None = None, *, cached: int | None = None) -> None:
+        """Record the content tokens generated for the latest second, after its answer prefix if it had one.
 
-        stop: the sampled token that ended the turn, if any. A stop other than <|im_end|> (e.g.
-        <|endoftext|>) stays in the turn before the <|im_end|> the original appends; like that
-        <|im_end|>, it is cached with the next second's tokens.
+        cached: how many of them the decode loop wrote to the cache (default: all). The rest, the last
+        token of a turn cut at max_new_tokens, was sampled but never fed to the model, as in the original,
+        whose `generate` runs no step on its last token: it is cached with the next second's tokens, after
+        that second's eviction. stop: the sampled token that ended the turn, if any. A stop other than
+        <|im_end|> (e.g. <|endoftext|>) stays in the turn before the <|im_end|> the original appends, and is
+        cached the same way.
         """
         lay = self.layout
         t = self.second - 1
         row = self.rows[t % lay.num_rows]
+        content = [int(x) for x in content]
+        cached = len(content) if cached is None else cached
+        if not 0 <= cached <= len(content):
+            raise ValueError(f"cached must be in [0, {len(content)}], got {cached}.")
         n0 = len(row.content_ids)  # the answer prefix, placed by plan
-        if n0 + len(content) > lay.content_len:
-            raise ValueError(f"{n0 + len(content)} content tokens exceed the row's {lay.content_len} content slots.")
+        pending = content[cached:] + ([] if stop is None or int(stop) == self.im_end else [int(stop)])
+        if n0 + cached + len(pending) > lay.content_len:
+            raise ValueError(f"{n0 + cached + len(pending)} content tokens (a stop id included) exceed the row's "
+                             f"{lay.content_len} content slots.")
         base = lay.row_start(t) + lay.content + n0
-        for i, tok in enumerate(content):
-            self._text(base + i, int(tok), _key(_ROUND, self.seq))
+        for i, tok in enumerate(content[:cached]):
+            self._text(base + i, tok, _key(_ROUND, self.seq))
             self.seq += 1
         self._new = []
-        row.content_slots += list(range(base, base + len(content)))
-        row.content_ids += [int(x) for x in content]
-        row.pending = [] if stop is None or int(stop) == self.im_end else [int(stop)]
-        row.n_content = len(row.content_ids)
-        if row.pending and row.n_content >= lay.content_len:
-            raise ValueError(f"A stop token after {row.n_content} content tokens exceeds the row's {lay.content_len} "
-                             f"content slots.")
+        row.content_slots += list(range(base, base + cached))
+        row.content_ids += content[:cached]
+        row.pending = pending
+        row.n_content = n0 + len(content)
 
     # ---------------------------------------------------------------- reads
     def _sorted_valid(self) -> np.ndarray:

@@ -221,14 +221,17 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
     """One assistant turn per stream, in one compiled loop: an optional answer, then the commentary.
 
     logits0 [B, V]: logits after the prefill. Token i of row b goes to slot base_slot[b] + i with logical
-    index base_order[b] + i and text position base_pos[b] + i. Each row stops at a stop id (not written)
-    or when its commentary has max_new tokens. answer_len [B] (used when max_answer > 0): a row with
+    index base_order[b] + i and text position base_pos[b] + i. Each row stops at a stop id or when its
+    commentary has max_new tokens. The token that ends a turn, a stop id or the last token of a capped
+    commentary, is sampled but not written: as in HF's `generate`, no step runs on the last token, so its
+    K/V are computed with the next second's tokens, after that second's eviction (`HostStream` holds it). answer_len [B] (used when max_answer > 0): a row with
     answer_len >= 0 first writes an answer of at most answer_len tokens ended by `newline` (sampled, or
     forced at the limit), then its commentary; -1 = commentary only. forced [B, max_new] / forced_len [B]
     teacher-force a row's commentary (forced_len tokens, then a stop) where forced_len >= 0. keys [B] and
     seconds [B] seed the sampler. With L = max_new (+ max_answer + 1 when max_answer > 0), returns
-    (cache, tokens [B, L] (-1 after the end), n_written [B], answer_end [B] (index of the first commentary
-    token: 0 without a question, n_written if the turn ended inside the answer), logits [B, L, V] or None).
+    (cache, tokens [B, L] (the written ones, then the token that ended the turn; -1 after it), n_written [B],
+    answer_end [B] (index of the first commentary token: 0 without a question, n_written if the turn ended
+    inside the answer), logits [B, L, V] (row i: the logits that chose token i) or None).
     rotate_once: rotate every cached key once at the start of the turn and only the new key at each step
     (default); False rotates all S keys at every step, as attention over an un-rotated cache does by itself.
     Both compute the same logits.
@@ -254,6 +257,10 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
         done = on & ans & (tok == newline)  # the answer's "\n": the commentary starts after it
         return ans & ~done, jnp.where(done, i + 1, cstart)
 
+    def ends(i, tok, ans, cstart):
+        """Token i ends the turn: a stop id, or the last token the commentary has room for."""
+        return jnp.isin(tok, stops) | (~ans & (i - cstart >= max_new - 1)) | (i + 1 >= total)
+
     def mark(seen, tok, on):
         if not penalize:
             return seen
@@ -267,7 +274,7 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
     tok0 = pick(0, logits0, seen, ans, cstart)
     ans, cstart = switch(0, tok0, ans, cstart, active)
     out = jnp.full((b, total), -1, jnp.int32).at[:, 0].set(tok0)
-    live = active & ~jnp.isin(tok0, stops)
+    live = active & ~ends(0, tok0, ans, cstart)
     seen = mark(seen, tok0, active)
     buf = jnp.zeros((b, total, vocab) if keep_logits else (b, 0, vocab), jnp.float32)
     if keep_logits:
@@ -311,7 +318,7 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
                         pos=c.pos.at[rows, slot].set(q_pos[:, 0], mode="drop"),
                         tokens=c.tokens.at[rows, slot].set(tok, mode="drop"))
         n = n + live.astype(jnp.int32)
-        can = live & (i + 1 < total) & (ans | (i + 1 - cstart < max_new))
+        can = live  # a written token always has a successor: `ends` kept the last one out
         nxt = pick(i + 1, logits, seen, ans, cstart)
         ans, cstart = switch(i + 1, nxt, ans, cstart, can)
         out = out.at[rows, jnp.where(can, i + 1, total)].set(nxt, mode="drop")
@@ -319,7 +326,7 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
         if keep_logits:
             buf = buf.at[:, jnp.minimum(i + 1, total - 1)].set(
                 jnp.where(can[:, None], logits, buf[:, jnp.minimum(i + 1, total - 1)]))
-        live = can & ~jnp.isin(nxt, stops)
+        live = can & ~ends(i + 1, nxt, ans, cstart)
         return i + 1, c, krot, jnp.where(can, nxt, tok), live, out, n, seen, buf, ans, cstart
 
     _, cache, _, _, _, out, n, _, buf, _, cstart = jax.lax.while_loop(cond, body, state)
@@ -341,7 +348,7 @@ class Comment:
     text: the commentary, " ..." placeholder stripped and whitespace trimmed ("" for a silent second);
     tokens: the generated commentary ids (placeholder included, stop token excluded);
     vision_ms / prefill_ms / decode_ms: wall time of the step's phases (shared by the batch);
-    n_tokens: tokens written by the decode loop (answer and its "\n" included);
+    n_tokens: tokens generated (answer and its "\n" included, the stop id not);
     question / answer: the viewer's question put in this second's user turn (`Streamer.ask`) and the answer
     generated for it (after its answer prefix, without the "\n" that ends it, whitespace trimmed); None
     when the second had no question. answer_tokens: the answer's generated ids.
@@ -758,9 +765,12 @@ class Streamer:
                 comments.append(None)
                 continue
             written = [int(x) for x in out[b, :n[b]]]
-            stop = int(out[b, n[b]]) if n[b] < out.shape[1] and out[b, n[b]] >= 0 else None  # what ended it
-            self.hosts[b].commit(written, stop)
-            content = written[cut[b]:]
+            last = int(out[b, n[b]]) if n[b] < out.shape[1] and out[b, n[b]] >= 0 else None  # what ended it
+            stop = last if last in self.stop_ids else None
+            # A capped turn ends on a content token that was sampled but not written, like a stop id.
+            generated = written + ([last] if last is not None and stop is None else [])
+            self.hosts[b].commit(generated, stop, cached=len(written))
+            content = generated[cut[b]:]
             shown = content[:-len(self.silence)] if self.silence and content[-len(self.silence):] == self.silence \
                 else content
             qa, answer = asked[b], ()
@@ -771,7 +781,7 @@ class Streamer:
                 stream=b, index=self.hosts[b].second - 1, t0=float(sec.t0), t1=float(sec.t1),
                 text=self.tok.decode(shown).strip(), tokens=tuple(content),
                 vision_ms=1e3 * (t_vision - t_start), prefill_ms=1e3 * (t_prefill - t_vision),
-                decode_ms=1e3 * (t_decode - t_prefill), n_tokens=int(n[b]),
+                decode_ms=1e3 * (t_decode - t_prefill), n_tokens=len(generated),
                 partial=bool(getattr(sec, "partial", False)),
                 question=qa.text if qa else None, answer=self.tok.decode(list(answer)).strip() if qa else None,
                 answer_tokens=answer))

@@ -17,7 +17,8 @@ Second 0 appends the first round (query included); second t > 0 first runs `proc
      [start+4+sink, end-window-1] fires only at t > 0, so second 0 sees the whole previous text).
 then appends "\\n" (dropped when the list already ends in one) and the new round. A turn ends as the
 original's `generate` leaves it: content, the stop id if it is not <|im_end|>, then <|im_end|> (appended
-when the stop was another id or the 20-token cap).
+when the stop was another id or the 20-token cap). The last token `generate` sampled has no K/V until
+the next second's prefill: a capped turn's last content token (`uncached`), or the stop id.
 
 `older_text="svlm"` swaps in svlm-jax's own rules: a turn moves its content minus a trailing " ..." (and
 minus a stop id), older text keeps text_sink + text_window tokens, and the previous text is cut before
@@ -156,6 +157,18 @@ class Reference:
         """The retained ids after the latest second's content (its stop and <|im_end|> still pending)."""
         return [x for _, x in self._seq()]
 
+    def uncached(self) -> int:
+        """How many of the last ids have no K/V yet: the last token of a turn cut at the cap (1), else 0.
+
+        The original's `generate` runs no step on the token it samples last, so a capped turn's last token,
+        like a stop id, is cached only by the next second's prefill."""
+        return int(self.t >= 0 and self.h.stops[self.t] is None and len(self.h.contents[self.t]) > 0)
+
+    def cached(self, pos_mode: str) -> tuple[list[int], np.ndarray]:
+        """(ids, positions [N, 3]) of the retained tokens that hold K/V: `ids()` without the uncached tail."""
+        n = len(self._seq()) - self.uncached()
+        return self.ids()[:n], self.positions(pos_mode)[:n]
+
     def older_length(self) -> int:
         """Tokens of older text before truncation: the previous text plus everything turns moved."""
         return len(self.h.previous) + self.moved
@@ -183,3 +196,71 @@ class Reference:
             full += [(("content", s, i), x) for i, x in enumerate(h.contents[s])]
         table = dict(zip([tag for tag, _ in full], self._positions(full, range(self.t + 1))))
         return np.stack([table[tag] for tag, _ in seq])
+
+
+class OriginalKV:
+    """The original's K/V cache beside its id list: what each token's K/V are, and so the logits of every step.
+
+    The original computes a token's K/V once, in the context the cache holds when the token is fed, and
+    keeps them through later edits: moved turns keep theirs, deleted tokens take theirs along. Keys are
+    stored un-rotated and rotated at attention time with the positions of the current list (its "shrink"
+    mode). Each second it feeds every token that has no K/V yet (the previous turn's last sampled token and
+    <|im_end|>, the new round) and then the turn's tokens but the last one sampled. Here that is one causal
+    pass over those tokens against the stored K/V of the rest, which gives the same K/V and logits as the
+    original's prefill plus decode steps; the decoder layers are the model's own (parity-tested against HF),
+    and nothing of the streaming cache is used.
+    """
+
+    def __init__(self, cfg: ModelConfig, params, ref: Reference):
+        self.cfg, self.params, self.ref = cfg, params, ref
+        self.kv: dict = {}  # tag -> per-layer (k [KV, hd], v [KV, hd])
+
+    def step(self, pixel_values, grid_thw) -> np.ndarray:
+        """Advance the reference one second (its round given by the History) and return the logits that chose
+        each token sampled in it, [n_sampled, V] float32; pixel_values [N, patch_dim] / grid_thw [1, 3] are the
+        second's frames."""
+        import flax.linen as nn
+        import jax.numpy as jnp
+
+        from svlm_jax.model import Qwen25VL
+        from svlm_jax.rope import text_cos_sin
+        from svlm_jax.text import LayerKV
+        from svlm_jax.vision import vision_metadata
+
+        self.ref.advance()
+        seq = self.ref._seq()
+        tags = [tag for tag, _ in seq]
+        self.kv = {tag: kv for tag, kv in self.kv.items() if tag in set(tags)}  # deleted tokens lose theirs
+        n_fed = len(seq) - self.ref.uncached()
+        old = [i for i, tag in enumerate(tags) if tag in self.kv]
+        new = [i for i in range(n_fed) if tags[i] not in self.kv]
+        assert old == list(range(len(old))) and new == list(range(len(old), n_fed)), "unfed tokens are not a suffix"
+        n_old, t = len(old), self.ref.t
+        pos = self.ref.positions("contiguous")[:n_fed]  # [N, 3]
+        ids = np.asarray([x for _, x in seq[:n_fed]], np.int32)
+        cos, sin = text_cos_sin(jnp.asarray(pos.T[:, None], jnp.float32), self.cfg.text, self.cfg.compute_dtype)
+        vis = [j for j, i in enumerate(new) if ids[i] == self.cfg.video_token_id]
+        mask = np.arange(n_fed)[None, :] <= np.arange(n_old, n_fed)[:, None]  # [T, S]: causal over the list
+        shape = (1, n_fed, self.cfg.text.num_key_value_heads, self.cfg.text.head_dim)  # [1, S, KV, hd]
+        kv = []
+        for layer in range(self.cfg.text.num_hidden_layers):
+            k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            for i in old:
+                k[0, i], v[0, i] = self.kv[tags[i]][layer]
+            kv.append(LayerKV(jnp.asarray(k, self.cfg.compute_dtype), jnp.asarray(v, self.cfg.compute_dtype), cos, sin,
+                              jnp.arange(n_old, n_fed)[None]))
+
+        def fn(m: Qwen25VL):
+            x = m.embed(jnp.asarray(ids[n_old:])[None])  # [1, T, D]
+            if vis:
+                meta = vision_metadata(np.asarray(grid_thw), self.cfg.vision)
+                x = x.at[0, jnp.asarray(vis)].set(m.encode_vision(jnp.asarray(pixel_values), meta).astype(x.dtype))
+            h, written = m.decode_with_tables(x, cos[:, n_old:], sin[:, n_old:], jnp.asarray(mask)[None], kv)
+            return m.logits(h)[0], written
+
+        logits, written = nn.apply(fn, Qwen25VL(self.cfg))({"params": self.params})
+        for j, i in enumerate(new):
+            self.kv[tags[i]] = [(np.asarray(k[0, i]), np.asarray(v[0, i])) for k, v in written]
+        # The logits that chose each sampled token: the round's last token's, then every fed content token's.
+        first = max(i for i in range(n_fed) if tags[i][0] == "round" and tags[i][1] == t)
+        return np.asarray(logits)[first - n_old:]

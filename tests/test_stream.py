@@ -13,7 +13,7 @@ from svlm_jax.prompt import DEFAULT_QUERY, SILENCE, build_prefix, build_round
 from svlm_jax.stream import SamplingConfig, Streamer, sample_token, stop_ids_for, synthetic_seconds
 from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 from tests.model_fixtures import noisy_params
-from tests.stream_reference import History, Reference
+from tests.stream_reference import History, OriginalKV, Reference
 
 CFG = ModelConfig.tiny()
 WORDS = ["red", "ball", "enters", "bounces", "goal", "what", "a", "shot"]
@@ -62,6 +62,51 @@ def test_streamed_logits_match_forward(params, tok, fps):
     diff = max(float(np.max(np.abs(ours - ref[0, at:at + len(ours)]))) for at, ours in checks)
     print(f"fps {fps}: streamed vs forward logits, max |diff| = {diff:.2e} over {sum(len(o) for _, o in checks)} rows")
     assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("window,text_round", [(3, None), (2, 4)])
+def test_capped_turns_are_cached_after_the_eviction_as_the_original(params, tok, window, text_round):
+    """A turn cut at max_new_tokens leaves its last token without K/V, as the original's `generate` does (no
+    step runs on the token it samples last): the next second feeds it with <|im_end|> and the new round, after
+    that second's eviction. While vision and text are evicted, the logits of every step equal those of the
+    original's K/V cache (`OriginalKV`: each token's K/V computed once, in the context it was fed in)."""
+    scfg = small(vision_window=window, text_round=text_round, text_sink=6, text_window=8, max_new_tokens=5)
+    prev = "red ball bounces red ball enters goal what a shot"
+    st = Streamer(CFG, params, tok, scfg, sampling=GREEDY, previous_text=prev, query=DEFAULT_QUERY, keep_logits=True)
+    pre = build_prefix(tok, tok.encode(prev))
+    hist = History(head=pre.ids[:pre.prev_start], previous=tok.encode(prev), tail=pre.ids[pre.prev_end:],
+                   im_end=tok.im_end, newline=tok.encode("\n")[0], silence=tok.encode(SILENCE), im_start=tok.im_start,
+                   vision_start=tok.vision_start, vision_end=tok.vision_end)
+    ref = OriginalKV(CFG, params, Reference(CFG, hist, vision_window=window, text_round=scfg.turns,
+                                            text_sink=scfg.text_sink, text_window=scfg.text_window))
+    words = [tok.encode(" " + w)[0] for w in WORDS]
+    rng = np.random.default_rng(5)
+    diffs, capped = [], 0
+    for t, sec in enumerate(synthetic_seconds(CFG, (4, 4), seconds=8, seed=4)):
+        if t % 3 != 2:  # mostly capped turns; every third one ends with " ..." or <|endoftext|>
+            forced = [int(x) for x in rng.choice(words, scfg.max_new_tokens)]
+        else:
+            forced = [int(x) for x in rng.choice(words, 2)] + (tok.encode(SILENCE) if t % 2 else [tok.endoftext])
+        c = st.step([sec], force=[forced])[0]
+        content = [x for x in forced if x != tok.endoftext]
+        assert list(c.tokens) == content
+        rnd = build_round(tok, sec.t0, sec.t1, 4, query=DEFAULT_QUERY if t == 0 else None)
+        q0 = rnd.vision_start + 4 + 1
+        hist.rounds.append((rnd.prompt, sec.grid_thw[0].tolist(), sec.second_per_grid_ts,
+                            (q0, q0 + len(tok.encode(DEFAULT_QUERY))) if t == 0 else (0, 0)))
+        hist.contents.append(content)
+        hist.stops.append(tok.endoftext if len(forced) > len(content) else
+                          None if len(content) == scfg.max_new_tokens else tok.im_end)
+        capped += hist.stops[-1] is None
+        expected = ref.step(sec.pixel_values, sec.grid_thw)  # [n_sampled, V]
+        ours = st.last_logits[0, :len(expected)]
+        assert len(expected) == len(content) + (hist.stops[-1] is not None)
+        diffs.append(float(np.max(np.abs(ours - expected))))
+        ids, _ = ref.ref.cached("contiguous")
+        assert st.hosts[0].retained()[0].tolist() == ids, f"second {t}: the cached tokens differ"
+    print(f"window {window}, text_round {text_round}: {capped} capped turns; max |logit diff| per second "
+          f"{np.round(diffs, 7).tolist()}")
+    assert capped >= 6 and max(diffs) <= 3e-5
 
 
 # ------------------------------------------------------------------------------------------ policy
@@ -128,7 +173,7 @@ def test_policy_matches_reference(params, tok, pos_mode, keep_query, fps, window
         hist.stops.append(tok.endoftext if len(forced) > len(content) else
                           None if len(content) == scfg.max_new_tokens else tok.im_end)
         ref.advance()
-        ids, pos = ref.ids(), ref.positions(pos_mode)
+        ids, pos = ref.cached(pos_mode)
         host_ids, host_pos, _ = st.hosts[0].retained()
         assert host_ids.tolist() == ids, f"second {t}: host tokens differ from the reference"
         np.testing.assert_array_equal(host_pos, pos, err_msg=f"second {t}: host positions")
