@@ -1,4 +1,5 @@
-"""Inf-Streams-Eval: generate commentary, judge it A/B against another model's, and score (evaluation.md §1).
+"""Inf-Streams-Eval: generate commentary, judge it A/B against another model's, and score
+(docs/ORIGINAL.md §Inf-Streams-Eval).
 
     python -m experiments.eval_inf_streams generate --data DIR --ckpt CKPT --out results/svlm [--chunk 100]
     python -m experiments.eval_inf_streams gpt-baseline --data DIR --clips temp_score_clips.jsonl --out results/gpt

@@ -1,4 +1,5 @@
-"""LiveSports-3K-CC: generate commentary per event clip and judge it A/B against a baseline (evaluation.md §2).
+"""LiveSports-3K-CC: generate commentary per event clip and judge it A/B against a baseline
+(docs/ORIGINAL.md §LiveSports-3K-CC).
 
     python -m experiments.eval_livesports generate --events events.jsonl --videos DIR --ckpt CKPT --out results/ls
     python -m experiments.eval_livesports judge --events events.jsonl --baseline captions/BASELINE.jsonl \

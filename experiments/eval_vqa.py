@@ -4,11 +4,12 @@
         [--mode offline|streaming] [--out OUT] [--batch 4] [--attn-chunk 1024] [--limit N]
 
 --mode offline (default) answers as the original: the whole clip, full attention, the answer read from the
-option tokens' logits (evaluation.md §3-4). --mode streaming plays each video through the streaming cache
-at 2 FPS and asks each question at its second. Predictions go to OUT/predictions.jsonl as they come, so a
-killed run resumes where it stopped; OUT/scores.json (every prediction and score) and OUT/table.md are
-written at the end. Missing or unreadable videos are counted and skipped; malformed records are listed
-with their file and line. Exit code 2 for bad input, 130 when interrupted (the predictions are kept).
+option tokens' logits (docs/ORIGINAL.md §OVO-Bench, §Video-MME, LongVideoBench, MVBench). --mode streaming
+plays each video through the streaming cache at 2 FPS and asks each question at its second. Predictions go
+to OUT/predictions.jsonl as they come, so a killed run resumes where it stopped; OUT/scores.json (every
+prediction and score) and OUT/table.md are written at the end. Missing or unreadable videos are counted and
+skipped; malformed records are listed with their file and line. Exit code 2 for bad input, 130 when
+interrupted (the predictions are kept).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ A stream is laid out as
     <|im_start|>user\\nTime=12.0-13.0s<|vision_start|><|video_pad|>*N<|vision_end|>{query}<|im_end|>\\n
     <|im_start|>assistant\\n{ words} ...<|im_end|>\\n
 
-The original writes rounds in two ways (shared/reference/fidelity.md §a, §b), and both are kept here as
+The original writes rounds in two ways (docs/ORIGINAL.md §Training and streaming differ), and both are kept here as
 named `Template`s:
 
 - `INFERENCE` (streaming): header `assistant` + 198, content ` w1 w2 ...`; the query follows the vision
@@ -30,7 +30,7 @@ from typing import Sequence
 from svlm_jax.tokenizer import ChatTokenizer
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-DEFAULT_QUERY = "Commentate on this match"  # the original's, fidelity.md §d
+DEFAULT_QUERY = "Commentate on this match"  # the original's (`inference.py`)
 SILENCE = " ..."
 
 
@@ -147,7 +147,7 @@ def build_prefix(tok: ChatTokenizer, previous: Sequence[int] | str = (), *, syst
 
 def question_text(question: str, first_round: bool) -> str:
     """What a viewer's question appends to the round's time stamp, as the original's qa_stream training
-    template writes it (fidelity.md §a): right after `Time=a-bs` in round 0, after a space in later rounds."""
+    template writes it (`lmm_dataset.py`): right after `Time=a-bs` in round 0, after a space in later rounds."""
     return question if first_round else " " + question
 
 
@@ -202,7 +202,8 @@ def truncate_middle(ids: Sequence[int], sink: int, window: int) -> list[int]:
 
 
 def truncate_block(ids: Sequence[int], start: int, end: int, sink: int, window: int) -> list[int]:
-    """The original's training truncation of the previous-text block (fidelity.md §c).
+    """The original's training truncation of the previous-text block (`lmm_dataset.py`, docs/ORIGINAL.md
+    §Previous-text truncation in training).
 
     The block is ids[start : end + 1], from its <|im_start|> through the newline after its <|im_end|>, so
     its 4 header and 2 footer tokens count in the budgets. When it holds >= sink + window tokens, all but

@@ -7,7 +7,8 @@ from converters import qwen_tokenizer as cli
 from svlm_jax.tokenizer import ChatTokenizer
 from svlm_jax.vocab import FIRST_SPECIAL_ID, QWEN25VL_ADDED, QWEN2_PATTERN, default_tiktoken_path, load_ranks
 
-# fidelity.md, "Token ids": checked there against the original's TOKEN_IDS.
+# The original's TOKEN_IDS (streaming_vlm/utils/get_qwen_range.py) and ids its templates use
+# (docs/ORIGINAL.md §Token ids).
 IDS = {"user": [872], "assistant": [77091], "\n": [198], "\n\n": [271], " ...": [2503], " ": [220],
        "Hello": [9707], ":\n": [510], "previous text": [19702, 1467], "Time": [1462]}
 SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
@@ -22,7 +23,7 @@ def test_fidelity_ids(qwen_tok):
         assert qwen_tok.tokenizer.encode(f"a{s}b", add_special_tokens=False).ids[1] == i
     assert (qwen_tok.im_start, qwen_tok.im_end, qwen_tok.video_pad) == (151644, 151645, 151656)
     assert qwen_tok.vocab_size == FIRST_SPECIAL_ID + len(QWEN25VL_ADDED)
-    # The header "\n" and the content's leading "\n" merge (fidelity.md §a).
+    # The header "\n" and the content's leading "\n" merge: the original's training header is 77091 271.
     assert qwen_tok.encode("\n\n Curry brings it up ...")[0] == 271
 
 

@@ -1,4 +1,5 @@
-"""Readers for the commentary benchmarks' files, in the released layouts (evaluation.md §1, §2).
+"""Readers for the commentary benchmarks' files, in the released layouts (docs/ORIGINAL.md §Inf-Streams-Eval,
+§LiveSports-3K-CC).
 
 Every reader skips bad lines instead of failing the whole run, and says why in a `Problems` tally:
 a malformed line, a game whose video is missing, a window with no content. Callers print the tally and

@@ -1,4 +1,4 @@
-"""The GPT-4o-mini baseline of Inf-Streams-Eval (evaluation.md §1, `generate_gpt.py`), through any
+"""The GPT-4o-mini baseline of Inf-Streams-Eval (`generate_gpt.py`, docs/ORIGINAL.md §Inf-Streams-Eval), through any
 OpenAI-compatible endpoint.
 
 Per scoring window [s, e]: frames at s, s+4, ... <= e (0.25 FPS, at most 60), frames taller than 360 px

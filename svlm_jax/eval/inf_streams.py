@@ -1,4 +1,5 @@
-"""Inf-Streams-Eval judging and scoring (evaluation.md §1): candidates per window, AB/BA questions, win rates.
+"""Inf-Streams-Eval judging and scoring
+(docs/ORIGINAL.md §Inf-Streams-Eval): candidates per window, AB/BA questions, win rates.
 
 The candidate text of a window [s, e] is assembled exactly as the original's score_segments.py: the window
 is skipped unless both merged lines cover it (chunk_start <= s and e <= chunk_end); the candidate is

@@ -1,4 +1,5 @@
-"""LiveSports-3K-CC (evaluation.md §2): generation jobs per event clip, and the A/B judge against a baseline.
+"""LiveSports-3K-CC
+(docs/ORIGINAL.md §LiveSports-3K-CC): generation jobs per event clip, and the A/B judge against a baseline.
 
 Generation: the clip's pre-event ASR as previous text, the commentator query plus the title line, streaming
 from `begin` for floor(end - begin) seconds; pred = the seconds' commentary joined with no separator.

@@ -1,13 +1,13 @@
 """The benchmarks' protocol strings, reproduced character for character (em dashes and curly quotes too).
 
-Sources: /work/shared/reference/evaluation.md §1 (Inf-Streams-Eval: broadcaster query, A/B judge, the
-GPT-4o-mini baseline) and §2 (LiveSports-3K-CC: commentator query, A/B judge), i.e. the original's
+Sources: Inf-Streams-Eval (broadcaster query, A/B judge, the GPT-4o-mini baseline) and LiveSports-3K-CC
+(commentator query, A/B judge), as docs/ORIGINAL.md §Evaluation protocols describes them, i.e. the original's
 `eval_streaming_qwen.py`, `judge.py`, `generate_gpt.py`, `distributed_generate_streaming.py` and
 `llm_judge.py`. They are protocol constants: changing any character changes what the judge sees.
 """
 from __future__ import annotations
 
-# ---------------------------------------------------------------------------- Inf-Streams-Eval (§1)
+# ---------------------------------------------------------------------------- Inf-Streams-Eval
 # The broadcaster query of the first second: two lines joined by "\n" (em dash, curly apostrophe).
 BROADCASTER_QUERY = "\n".join([
     "Act as a live sports broadcaster: in short present-tense lines, call the on-screen play first, then one brief "
@@ -49,7 +49,7 @@ GPT_SYSTEM = "\n".join([
 ])
 GPT_USER = "Describe the video.\nTime range: {s:.2f}s ~ {e:.2f}s. Frames sampled at 0.25 fps (capped)."
 
-# ---------------------------------------------------------------------------- LiveSports-3K-CC (§2)
+# ---------------------------------------------------------------------------- LiveSports-3K-CC
 COMMENTATOR_QUERY = ("You are an expert video commentator providing real-time, insightful, and engaging commentary on "
                      "visual content.\n")
 TITLE_LINE = 'This is a video titled "{title}".\n'

@@ -1,6 +1,7 @@
 """The frames each benchmark's original shows the model offline, decoded with PyAV.
 
-Two samplers (evaluation.md §3 "Clip", §4 "Frames"), both picking k frames at round(linspace(0, n-1, k)):
+Two samplers (docs/ORIGINAL.md §OVO-Bench, §Video-MME, LongVideoBench, MVBench), both picking k frames at
+round(linspace(0, n-1, k)):
   "ovo"        LiveCC's clip reader: the n frames whose end time lies in [start, max(end, start+1)],
                k = floor_even(min(max(n/fps*2, 4), floor_even(min(480, n)), n)); pixels per frame within
                [100*28^2, max(min(768*28^2, 77,070,336/k*2), 82,320)].
@@ -26,7 +27,8 @@ from svlm_jax.video import VideoError, patchify_video, resize_frames, smart_resi
 
 # MVBench's frame folders hold JPEGs at 3 frames per second (VLMEvalKit's frame_fps).
 FRAME_DIR_FPS = 3.0
-# Qwen2.5-VL's processor, given no fps, assumes 2 frames per second: second_per_grid_ts = 2 / 2.0 (§4 [inf]).
+# Qwen2.5-VL's processor, given no fps, assumes 2 frames per second: second_per_grid_ts = 2 / 2.0
+# (inferred from VLMEvalKit passing no fps, not run).
 SECOND_PER_GRID = 1.0
 
 
@@ -90,7 +92,7 @@ def timeline(path: str) -> Timeline:
 
 
 def ovo_indices(tl: Timeline, start: float, end: float | None) -> np.ndarray:
-    """Frame indices LiveCC's OVO-Bench reader picks for the clip [start, end] (evaluation.md §3)."""
+    """Frame indices LiveCC's OVO-Bench reader picks for the clip [start, end] (docs/ORIGINAL.md §OVO-Bench)."""
     e = tl.end
     lo = e[0] if not start else start
     hi = e[-1] if not end else end
@@ -109,7 +111,7 @@ def ovo_indices(tl: Timeline, start: float, end: float | None) -> np.ndarray:
 
 
 def vlm_indices(tl: Timeline, rule: str, start: float = 0.0, end: float | None = None) -> np.ndarray:
-    """Frame indices qwen-vl-utils picks under VLMEvalKit (§4): rule "1fps" or "64", over the frames whose start
+    """Frame indices qwen-vl-utils picks under VLMEvalKit: rule "1fps" or "64", over the frames whose start
     time lies in [start, end] (the whole file when end is None)."""
     idx = np.arange(len(tl.start)) if end is None else np.flatnonzero((tl.start >= start - 1e-6) &
                                                                        (tl.start <= end + 1e-6))
@@ -126,7 +128,7 @@ def vlm_indices(tl: Timeline, rule: str, start: float = 0.0, end: float | None =
 
 
 def pixel_budget(rule: str, k: int) -> tuple[float, float]:
-    """(min_pixels, max_pixels) per frame for k frames under the rule's total budget (§3, §4)."""
+    """(min_pixels, max_pixels) per frame for k frames under the rule's total budget."""
     if rule == "ovo":
         return P.OVO_MIN_PIXELS, max(min(P.VLM_MAX_PIXELS, P.OVO_TOTAL_PIXELS / k * 2), P.OVO_MAX_PIXELS_FLOOR)
     return P.VLM_MIN_PIXELS, min(P.VLM_MAX_PIXELS, max(min(P.VLM_MAX_PIXELS, P.VLM_TOTAL_PIXELS / k * 2),

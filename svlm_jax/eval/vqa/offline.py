@@ -1,5 +1,6 @@
 """Offline answering, as the originals do it: the whole clip, full attention, one forward pass, the answer
-read from the last position's logits (evaluation.md §3-4).
+read from the last position's logits (docs/ORIGINAL.md §OVO-Bench,
+§Video-MME, LongVideoBench, MVBench).
 
 The prompt is the stock Qwen2.5-VL chat template with the default system prompt:
 

@@ -2,8 +2,8 @@
 sampling, option tokens and answer matchers, as a declarative table keyed by benchmark name.
 
 Every string here is a protocol constant reproduced exactly from the original (cited per constant):
-/work/shared/reference/evaluation.md §3 (OVO-Bench, the LiveCC-derived evaluator StreamingVLM runs) and §4
-(Video-MME, LongVideoBench, MVBench through StreamingVLM's vendored VLMEvalKit).
+OVO-Bench (the LiveCC-derived evaluator StreamingVLM runs, `streaming_vlm/eval/ovobench/`) and Video-MME,
+LongVideoBench, MVBench (through StreamingVLM's vendored VLMEvalKit); docs/ORIGINAL.md §Evaluation protocols.
 """
 from __future__ import annotations
 
@@ -12,21 +12,22 @@ import re
 from typing import Callable
 
 # ---------------------------------------------------------------------------------------------- OVO-Bench
-# evaluation.md §3 "Prompt": MCQ text = q + "\n" + "\n".join(options) + this postfix; answer prefix after
+# `distributed_evaluate_ovobench.py`: MCQ text = q + "\n" + "\n".join(options) + this postfix; answer prefix after
 # `<|im_start|>assistant\n`.
 OVO_MCQ_POSTFIX = "\nPlease select the correct answer."
 OVO_ANSWER_PREFIX = "The answer is:\n"
-# evaluation.md §3 "Scoring": last-position logits at the last token of "\n" + o for these 17 strings.
+# `distributed_evaluate_ovobench.py`: last-position logits at the last token of "\n" + o for these 17 strings.
 OVO_OPTIONS = ("No", "Yes", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "A", "B", "C", "D", "E")
 OVO_OPTION_LEAD = "\n"
 OVO_LETTERS = ("A", "B", "C", "D", "E")
-# evaluation.md §3: Real-time = OCR ACR ATR STU FPD OJR; Backward = EPM ASI HLD; Forward-active = REC SSR CRR.
+# `distributed_evaluate_ovobench.py`: Real-time = OCR ACR ATR STU FPD OJR; Backward = EPM ASI HLD;
+# Forward-active = REC SSR CRR.
 OVO_GROUPS = {
     "realtime": ("OCR", "ACR", "ATR", "STU", "FPD", "OJR"),
     "backward": ("EPM", "ASI", "HLD"),
     "forward": ("REC", "SSR", "CRR"),
 }
-# The forward-active questions "embed a long instruction" (evaluation.md §3, `transfer_annotation_format.py`,
+# The forward-active questions embed a long instruction (`transfer_annotation_format.py`,
 # which StreamingVLM copies from LiveCC: showlab/livecc evaluation/ovobench/transfer_annotation_format.py).
 # Typos ("certaintype", "You're task", "i.e frames") are the original's and are kept.
 OVO_CRR_TEMPLATE = (
@@ -45,10 +46,10 @@ OVO_SSR_TEMPLATE = (
     "procedures:\n\n{step}\n\nYour task is to decide: Is the man/woman in the video currently carrying out this "
     "step?\nReturn \"Yes\" if the man/woman in the video is currently performing this step;\nReturn \"No\" if not.")
 OVO_YES_NO = ("No", "Yes")  # test_info type 0 / 1
-OVO_REC_ANSWERS = tuple(str(i) for i in range(11))  # count 10 is unreachable by the 17-way argmax (§3)
+OVO_REC_ANSWERS = tuple(str(i) for i in range(11))  # count 10 is unreachable by the 17-way argmax
 
 # --------------------------------------------------------------------------------- VLMEvalKit benchmarks
-# evaluation.md §4 "Prompts" (text items concatenated with no separator, one user turn).
+# VLMEvalKit's prompts (text items concatenated with no separator, one user turn).
 VIDEOMME_PROMPT = ("\nThese are the frames of a video. Select the best answer to the following multiple-choice "
                    "question based on the video. Respond with only the letter (A, B, C, or D) of the correct option.\n")
 VIDEOMME_QUESTION = "Question: {question}\n{options}\nAnswer: "
@@ -58,16 +59,18 @@ MVBENCH_SYSTEM = ("Carefully watch the video and pay attention to the cause and 
                   "best option that accurately addresses the question.\n")
 MVBENCH_POSTFIX = "\nOnly give the best option."
 MVBENCH_ANSWER_CUE = "Best option:("
-# evaluation.md §4: only tokens decoding to A-F/Yes/No (bare, space-prefixed or "▁"-prefixed) may be generated.
+# VLMEvalKit's `qwen2_vl/model.py`: only tokens decoding to A-F/Yes/No (bare, space-prefixed or "▁"-prefixed)
+# may be generated.
 RESTRICTED_WORDS = ("A", "B", "C", "D", "E", "F", "Yes", "No")
 RESTRICTED_LEADS = ("", " ", "\u2581")
 
-# evaluation.md §4 "Frames" and "Config StreamingVLM": pixel budgets of qwen-vl-utils under VLMEvalKit.
+# VLMEvalKit's "StreamingVLM" config (`vlmeval/config.py`) and qwen-vl-utils' frame rules: pixel budgets of
+# qwen-vl-utils under VLMEvalKit.
 VLM_MIN_PIXELS = 128 * 28 * 28
 VLM_MAX_PIXELS = 768 * 28 * 28
 VLM_TOTAL_PIXELS = 24576 * 28 * 28
 VLM_MAX_FRAMES = 768
-# evaluation.md §3 "Clip": LiveCC's OVO-Bench sampler (2 frames per second of clip, at most 480).
+# `distributed_evaluate_ovobench.py`: LiveCC's OVO-Bench sampler (2 frames per second of clip, at most 480).
 OVO_FPS = 2.0
 OVO_MAX_FRAMES = 480
 OVO_MIN_PIXELS = 100 * 28 * 28
@@ -82,12 +85,12 @@ def floor_even(x: float) -> int:
 
 # ---------------------------------------------------------------------------------------------- matchers
 def ovo_prefix_match(response: str, answer: str) -> bool:
-    """The original's OVO-Bench check (§3): `response[:len(answer)] == answer`."""
+    """The original's OVO-Bench check (`distributed_evaluate_ovobench.py`): `response[:len(answer)] == answer`."""
     return response[:len(answer)] == answer
 
 
 def first_letter_match(letters: str) -> Callable[[str, str], bool]:
-    """Video-MME / LVB (§4): the first character of `letters` found in the response equals the answer."""
+    """Video-MME / LVB (VLMEvalKit): the first character of `letters` found in the response equals the answer."""
     pat = re.compile(f"[{letters}]")
 
     def match(response: str, answer: str) -> bool:
@@ -98,7 +101,7 @@ def first_letter_match(letters: str) -> Callable[[str, str], bool]:
 
 
 def mvbench_match(response: str, answer: str) -> bool:
-    """MVBench's check_ans (§4): the response's first word, lower-cased, dots removed, is a substring of the
+    """VLMEvalKit's MVBench check_ans: the response's first word, lower-cased, dots removed, is a substring of the
     answer's "(x)" token, or that token is a substring of the first word. `answer` is the letter."""
     words = response.strip().lower().split(" ")
     pred, gt = words[0], f"({answer.lower()})"
@@ -106,7 +109,7 @@ def mvbench_match(response: str, answer: str) -> bool:
 
 
 def ovo_official_correct(task: str, response: str, truth: dict) -> bool:
-    """The official OVO-Bench scorer (`utils/OVOBenchScore.py`, §3) on a free response.
+    """The official OVO-Bench scorer (OVO-Bench's own `utils/OVOBenchScore.py`) on a free response.
 
     truth: {"letter": "B"} for multiple choice, {"count": 3} for REC, {"type": 0|1} for SSR/CRR.
     Multiple choice: the letter is a substring; REC: all digit runs joined equal the count; SSR/CRR: "N"/"Y"

@@ -171,7 +171,7 @@ def _ovo_mcq_text(question: str, options: list[str]) -> str:
 
 
 def _ovo_raw(root: str) -> Callable[[Any, str], list[Question]]:
-    """Builder for records of the released ovo_bench_new.json (evaluation.md §3), one Question per poll."""
+    """Builder for records of the released ovo_bench_new.json (docs/ORIGINAL.md §OVO-Bench), one Question per poll."""
 
     def build(rec: Any, where: str) -> list[Question]:
         _need(rec, ("id", "task", "video"), where)

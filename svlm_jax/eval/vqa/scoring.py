@@ -30,13 +30,14 @@ class OptionSet:
 
 
 def ovo_options(tok: ChatTokenizer) -> OptionSet:
-    """OVO-Bench's 17-way choice (evaluation.md §3): the last token of "\\n" + o for o in OVO_OPTIONS."""
+    """OVO-Bench's 17-way choice (`distributed_evaluate_ovobench.py`): the last token of "\\n" + o for o in
+    OVO_OPTIONS."""
     return OptionSet(tuple(tok.encode(P.OVO_OPTION_LEAD + o)[-1] for o in P.OVO_OPTIONS), P.OVO_OPTIONS)
 
 
 def restricted_options(tok: ChatTokenizer) -> OptionSet:
-    """VLMEvalKit's allowed one-token answers (§4): every vocabulary token that decodes to A-F, Yes or No,
-    bare, space-prefixed or "▁"-prefixed, in id order (greedy ties go to the lowest id, as HF's argmax)."""
+    """VLMEvalKit's allowed one-token answers (`qwen2_vl/model.py`): every vocabulary token that decodes to A-F,
+    Yes or No, bare, space-prefixed or "▁"-prefixed, in id order (greedy ties go to the lowest id, as HF's argmax)."""
     allowed = {lead + w for w in P.RESTRICTED_WORDS for lead in P.RESTRICTED_LEADS}
     vocab = tok.vocab_size
     texts = tok.tokenizer.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
@@ -94,7 +95,7 @@ def aggregate(bench: str, records: Iterable[dict[str, Any]], key: str = "correct
 
 
 def headline(bench: str, scores: dict[str, Any]) -> tuple[str, float | None]:
-    """The number the paper's table reports (streamingvlm.md §4.2): OVO-Bench Real-time, else overall."""
+    """The number the paper's table reports (the paper's Table 1): OVO-Bench Real-time, else overall."""
     if bench == "ovo":
         return "Real-time", scores["groups"].get("realtime")
     return "overall", scores["overall"]
