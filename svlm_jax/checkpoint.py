@@ -131,6 +131,15 @@ def dtype_name(dtype) -> str:
     return name
 
 
+def is_float(dtype) -> bool:
+    """Whether `dtype` is a floating-point type, bfloat16 and float16 included.
+
+    numpy's own test (`np.issubdtype(dt, np.floating)`) is False for bfloat16, which ml_dtypes defines
+    outside numpy's type tree; jax's knows it.
+    """
+    return bool(jax.numpy.issubdtype(dtype, jax.numpy.floating))
+
+
 def _expected(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     from svlm_jax.model import param_shapes
 
@@ -296,7 +305,7 @@ def _check_stored(path: pathlib.Path, cfg: ModelConfig) -> dict[str, tuple[tuple
             got = stored[name][0] if name in stored else "absent"
             raise CheckpointError(f"Checkpoint {path} does not match its {CONFIG_FILE}: parameter {name!r} is "
                                   f"{got}, config expects {want.get(name, 'absent')}.")
-    odd = sorted(k for k, (_, dt) in stored.items() if not np.issubdtype(dt, np.floating))
+    odd = sorted(k for k, (_, dt) in stored.items() if not is_float(dt))
     if odd:
         warnings.warn(f"Checkpoint {path} stores {len(odd)} parameter(s) as non-float, first {odd[0]!r} as "
                       f"{stored[odd[0]][1]}; they are cast to the compute dtype, check how it was written.",
@@ -330,7 +339,7 @@ def load(path: str | os.PathLike, dtype=None, quant: str | None = None) -> tuple
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     # Non-float parameters (a damaged export) would break the model's matmuls; compute in the config's dtype.
     abstract = {k: jax.ShapeDtypeStruct(shape, _DTYPES[cfg.dtype] if dtype is not None
-                                        or not np.issubdtype(dt, np.floating) else dt, sharding=device)
+                                        or not is_float(dt) else dt, sharding=device)
                 for k, (shape, dt) in stored.items()}
     with _orbax_errors("parameters", path / PARAMS_DIR):
         params = ocp.load(path / PARAMS_DIR, _unflatten(abstract))
