@@ -1,8 +1,9 @@
 """From a record or chunk to model inputs: tokens, labels, M-RoPE positions, vision patches, padded batches.
 
-A sample is the original's SFT sample (fidelity.md §a, §c), built with the same `prompt.build_prefix` /
-`prompt.build_round` the streaming engine uses, under a named template (`SampleConfig.template`,
-default "training", the original's; "inference" trains on the streaming template instead):
+A sample is the original's SFT sample (`LMMDataset` in streaming_vlm/data/lmm_dataset.py), built with the
+same `prompt.build_prefix` / `prompt.build_round` the streaming engine uses, under a named template
+(`SampleConfig.template`, default "training", the original's; "inference" trains on the streaming
+template instead):
 
     [system][previous text, block truncated to text_sink + text_window tokens][round 0][round 1]...
 
@@ -80,12 +81,14 @@ class SampleConfig:
 
 # ------------------------------------------------------------------------------------------ text
 def record_to_chunk(rec: Record, num_rounds: int, fps: float = 2.0) -> Chunk:
-    """The original's rounds of a whole record (fidelity.md §c).
+    """The original's rounds of a whole record (`preprocess_conversation_stream` and
+    `get_phrase_before_timestamp` in streaming_vlm/data/lmm_dataset.py).
 
     Round k spans [start + k, start + k + 1]. Words are consumed in file order: round k takes the
     unused words while start + k + 1 >= their end and stops at the first that fails, so words ending by
-    start + 1 (also before start) land in round 0, and an out-of-order late word holds back the words
-    after it. Only the first unused qa is checked: it is consumed by the round with start < time <= end.
+    start + 1 (also before start, or at a negative time) land in round 0, and an out-of-order late word
+    holds back the words after it. A word's start is never read. Only the first unused qa is checked: it
+    is consumed by the round with start < time <= end.
     """
     words, qa = rec.words, list(rec.qa)
     rounds, qas, nxt = [], [], 0
