@@ -42,9 +42,11 @@ class Preprocessing:
     """How video was fed to a model in training: frames per second, the per-frame pixel budget, which frames
     of each second were picked (`video.FrameStream`'s `sampling`) and how they were resized (`resize`).
 
-    Streaming with other values shows the model frames of another size, pace or phase than it learned from.
-    The defaults are StreamingVLM's (2 fps, 100 to 768 merged tokens per frame, its frame picking and
-    torchvision's antialiased bicubic resize).
+    Streaming with other values shows the model frames of another size, pace or phase than it learned from,
+    so everything that makes frames for a checkpoint starts from its preprocessing.json:
+    `video.FrameStream.for_model`, `stream.Streamer.from_checkpoint` (`st.frames`), the stream CLI, the
+    server, the evaluations and the demo. The defaults are StreamingVLM's (2 fps, 100 to 768 merged tokens
+    per frame, its frame picking and torchvision's antialiased bicubic resize).
     """
 
     fps: int = 2
@@ -56,6 +58,11 @@ class Preprocessing:
     def replace(self, **overrides) -> "Preprocessing":
         """A copy with the given fields changed; None values leave a field as it is (unset CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def frame_stream_kwargs(self) -> dict[str, Any]:
+        """These settings as `video.FrameStream` arguments (its `sampling` is this `frames`)."""
+        return dict(fps=self.fps, min_pixels=self.min_pixels, max_pixels=self.max_pixels, sampling=self.frames,
+                    resize=self.resize)
 
 
 def save_preprocessing(directory: str | os.PathLike, pre: Preprocessing) -> None:
