@@ -78,6 +78,14 @@ class SampleConfig:
     max_seq_len: int = 32768
     time_mode: str = "float"
 
+    def preprocessing(self):
+        """The `checkpoint.Preprocessing` of these samples' frames (fps, per-frame pixel bounds, picking, resize):
+        what a model trained on them is saved with, so that streaming shows it frames made the same way."""
+        from svlm_jax.checkpoint import Preprocessing
+
+        return Preprocessing(fps=self.fps, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+                             frames=self.frames, resize=self.resize)
+
 
 # ------------------------------------------------------------------------------------------ text
 def record_to_chunk(rec: Record, num_rounds: int, fps: float = 2.0) -> Chunk:
