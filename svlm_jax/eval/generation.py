@@ -38,7 +38,7 @@ from svlm_jax.errors import ConfigError
 from svlm_jax.eval.prompts import BROADCASTER_QUERY
 from svlm_jax.video import FrameStream, VideoError
 
-START = 1000  # Inf-Streams-Eval streams every game from 1,000 s (evaluation.md §1)
+START = 1000  # Inf-Streams-Eval streams every game from 1,000 s (its generate_segments.py: range(1000, end, D))
 
 
 @dataclasses.dataclass(frozen=True)
