@@ -56,12 +56,19 @@ def release_freed_memory() -> None:
         pass
 
 
+def all_finite(arr: np.ndarray, block: int = 1 << 24) -> bool:
+    """Whether a float array (bf16, fp16 and fp32 alike) holds no NaN or inf, tested `block` values at a time
+    so the test never needs more than a small mask however large the tensor."""
+    flat = arr.reshape(-1)
+    return all(bool(np.isfinite(flat[i:i + block]).all()) for i in range(0, flat.size, block))
+
+
 def check_values(key: str, arr: np.ndarray, where: str) -> None:
-    """Warn, naming the tensor, when a weight is not floating point or holds NaN or inf."""
-    if not np.issubdtype(arr.dtype, np.floating):
+    """Warn, naming the tensor, when a weight is not floating point (bf16 and fp16 are) or holds NaN or inf."""
+    if not checkpoint.is_float(arr.dtype):
         warnings.warn(f"Tensor {key!r} in {where} is stored as {arr.dtype}, not a float; it will be cast. Check "
                       f"how the checkpoint was made.", stacklevel=2)
-    elif not np.isfinite(arr.astype(np.float32, copy=False) if arr.dtype.itemsize < 4 else arr).all():
+    elif not all_finite(arr):
         warnings.warn(f"Tensor {key!r} in {where} holds NaN or inf; the converted model's outputs will be garbage.",
                       stacklevel=2)
 

@@ -58,8 +58,7 @@ def main(argv=None) -> int:
     tok = ChatTokenizer.from_dir(model_dir)
     video = os.path.join(args.run, "data", "videos", "stream_000.mp4")
     events = load_events(os.path.join(args.run, "data", "stream_events.json"))
-    with FrameStream(video, fps=run.get("fps", 2), min_pixels=run.get("min_pixels"), max_pixels=run.get("max_pixels"),
-                     sampling=run.get("frames") or "grid", resize=run.get("resize") or "torchvision") as frames:
+    with FrameStream.for_model(video, model_dir) as frames:  # as the model was trained: its preprocessing.json
         seconds = [s for _, s in zip(range(args.seconds), frames)]
     from experiments.train import DEMO_CHUNK
 

@@ -46,9 +46,12 @@ def add_model_flags(ap: argparse.ArgumentParser, *, start: bool = True) -> None:
                     help="room for one second's vision tokens (768 = the pixel budget's most; 0 = size to the "
                          "first second of each batch)")
     ap.add_argument("--query-tokens", type=int, default=d.query_tokens, help="room for the query (128)")
-    ap.add_argument("--fps", type=int, default=2, help="frames per second fed to the model (2)")
-    ap.add_argument("--min-pixels", type=int, default=None, help="per-frame pixel budget (default: the reference's)")
-    ap.add_argument("--max-pixels", type=int, default=None, help="per-frame pixel budget (default: the reference's)")
+    ap.add_argument("--fps", type=int, default=None,
+                    help="frames per second fed to the model (default: the checkpoint's preprocessing.json, else 2)")
+    ap.add_argument("--min-pixels", type=int, default=None,
+                    help="per-frame pixel floor (default: the checkpoint's preprocessing.json, else 100*28*28)")
+    ap.add_argument("--max-pixels", type=int, default=None,
+                    help="per-frame pixel budget (default: the checkpoint's preprocessing.json, else 768*28*28)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: as stored")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     d = ap.add_argument_group("several processes (each streams every P-th game; one device each)")
@@ -77,9 +80,13 @@ def start_processes(a: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def stream_settings(a: argparse.Namespace, *, text_sink: int | None = None, text_window: int | None = None):
-    """(SamplingConfig, StreamConfig, settings logged in every job header) of a generate command, read without
-    loading the model."""
+    """(SamplingConfig, StreamConfig, Preprocessing, settings logged in every job header) of a generate
+    command, read without loading the model. The frames follow the checkpoint's preprocessing.json, with
+    --fps / --min-pixels / --max-pixels over it."""
+    import dataclasses
+
     from svlm_jax.cache import StreamConfig
+    from svlm_jax.checkpoint import load_preprocessing
     from svlm_jax.errors import ConfigError
     from svlm_jax.stream import SamplingConfig
 
@@ -92,10 +99,10 @@ def stream_settings(a: argparse.Namespace, *, text_sink: int | None = None, text
                         text_window=a.text_window if text_window is None else text_window,
                         max_new_tokens=a.max_new_tokens, vision_tokens=a.vision_tokens or None,
                         query_tokens=a.query_tokens)
-    settings = {"ckpt": os.path.abspath(a.ckpt), "dtype": a.dtype, "seed": a.seed, "fps": a.fps,
-                "sampling": repr(sampling), "stream": repr(scfg), "min_pixels": a.min_pixels,
-                "max_pixels": a.max_pixels}
-    return sampling, scfg, settings
+    pre = load_preprocessing(a.ckpt).replace(fps=a.fps, min_pixels=a.min_pixels, max_pixels=a.max_pixels)
+    settings = {"ckpt": os.path.abspath(a.ckpt), "dtype": a.dtype, "seed": a.seed, "sampling": repr(sampling),
+                "stream": repr(scfg), **dataclasses.asdict(pre)}
+    return sampling, scfg, pre, settings
 
 
 def load_setup(a: argparse.Namespace, *, text_sink: int | None = None, text_window: int | None = None):
@@ -104,15 +111,13 @@ def load_setup(a: argparse.Namespace, *, text_sink: int | None = None, text_wind
     from svlm_jax.eval.generation import StreamSetup
     from svlm_jax.stream import stop_ids_for
     from svlm_jax.tokenizer import ChatTokenizer
-    from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
 
-    sampling, scfg, settings = stream_settings(a, text_sink=text_sink, text_window=text_window)
+    sampling, scfg, pre, settings = stream_settings(a, text_sink=text_sink, text_window=text_window)
     tok = ChatTokenizer.from_dir(a.ckpt)
     stop_ids = stop_ids_for(tok, a.ckpt)
     cfg, params = svlm_jax.load(a.ckpt, a.dtype)
     tok.check_model(cfg)
-    return StreamSetup(cfg, params, tok, scfg, sampling, stop_ids=stop_ids, seed=a.seed, fps=a.fps,
-                       min_pixels=a.min_pixels or VIDEO_MIN_PIXELS, max_pixels=a.max_pixels or VIDEO_MAX_PIXELS,
+    return StreamSetup(cfg, params, tok, scfg, sampling, stop_ids=stop_ids, seed=a.seed, preprocessing=pre,
                        settings=settings)
 
 
@@ -229,7 +234,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         report(problems, "metadata")
         raise DataError(f"No game to stream in {a.data} (see above); check --data and --start.")
     mine = generation.shard(jobs, *start_processes(a))
-    if generation.all_done(mine, a.out, stream_settings(a)[2]):
+    if generation.all_done(mine, a.out, stream_settings(a)[3]):
         summary = {"jobs": len(mine), "done": 0, "skipped_done": len(mine), "seconds": 0, "messages": []}
     else:  # loading a large checkpoint only when there is something to stream
         summary = generation.run_jobs(mine, load_setup(a), a.out, batch=a.batch, progress=not a.no_progress)

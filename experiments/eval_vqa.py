@@ -34,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--attn-chunk", type=int, default=1024,
                     help="query rows per attention block offline; 0 = all at once (1024)")
     ap.add_argument("--vision-chunk", type=int, default=16, help="temporal grids per vision-tower call (16)")
-    ap.add_argument("--max-pixels", type=int, default=768 * 28 * 28,
-                    help="streaming: pixels per frame at most (768*28*28, the streaming default)")
+    ap.add_argument("--max-pixels", type=int, default=None,
+                    help="streaming: pixels per frame at most (default: the checkpoint's preprocessing.json, "
+                         "else 768*28*28)")
     ap.add_argument("--vision-window", type=int, default=16, help="streaming: seconds of vision kept (16)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
@@ -96,14 +97,16 @@ def _main(a: argparse.Namespace) -> int:
             from svlm_jax.eval.vqa.streaming import run_streaming
 
             from svlm_jax.cache import StreamConfig
+            from svlm_jax.checkpoint import load_preprocessing
             from svlm_jax.eval.vqa.streaming import stream_config
-            from svlm_jax.video import VIDEO_MIN_PIXELS
 
-            lo = min(VIDEO_MIN_PIXELS, a.max_pixels)
-            scfg = stream_config(tok, questions, max_pixels=a.max_pixels,
+            # Frames as the checkpoint was trained on them; --max-pixels (with the floor under it) wins.
+            pre = load_preprocessing(a.ckpt).replace(max_pixels=a.max_pixels)
+            pre = pre.replace(min_pixels=min(pre.min_pixels, pre.max_pixels))
+            scfg = stream_config(tok, questions, max_pixels=pre.max_pixels, fps=pre.fps,
                                  base=StreamConfig(vision_window=a.vision_window))
             bad = run_streaming(cfg, params, tok, a.bench, questions, preds, batch=a.batch, scfg=scfg,
-                                min_pixels=lo, max_pixels=a.max_pixels, progress=not a.no_progress)
+                                preprocessing=pre, progress=not a.no_progress)
         # Question order, so scores.json does not depend on the order answers came in (streaming, resumes).
         res = finish(a.bench, a.mode, [preds.done[q.qid] for q in questions if q.qid in preds.done], out, report,
                      bad)

@@ -130,6 +130,10 @@ def train_variant(plan: Plan, variant: str, seed: int, paths: dict, out: str, lo
     """Train (or resume, or reuse) one SFT variant; returns its saved model directory."""
     model_dir = os.path.join(out, "model")
     if os.path.exists(os.path.join(out, "train_summary.json")):  # written once the model is saved
+        from svlm_jax.checkpoint import PREPROCESSING_FILE, save_preprocessing
+
+        if not os.path.exists(os.path.join(model_dir, PREPROCESSING_FILE)):  # saved before models carried it
+            save_preprocessing(model_dir, sample_config(plan).preprocessing())
         return model_dir
     import jax
 
@@ -166,7 +170,9 @@ def train_variant(plan: Plan, variant: str, seed: int, paths: dict, out: str, lo
             it.close()
     if res.interrupted:
         raise KeyboardInterrupt
-    svlm_jax.save(model_dir, cfg, jax.device_get(state.params), files=[paths["tokenizer"]], overwrite=True)
+    # The frames it trained on go with it: streaming (here and in the stream CLI) makes them the same way.
+    svlm_jax.save(model_dir, cfg, jax.device_get(state.params), files=[paths["tokenizer"]], overwrite=True,
+                  preprocessing=scfg.preprocessing())
     with open(os.path.join(out, "train_summary.json"), "w") as f:
         json.dump({"chunks": len(chunks), "final_loss": res.train_loss, "seconds": res.seconds}, f)
     return model_dir
@@ -201,8 +207,7 @@ def stream_run(plan: Plan, run: Run, model_dir: str, paths: dict) -> dict:
         del probe
     streamer = Streamer(cfg, params, tok, scfg, sampling=SamplingConfig(greedy=True), batch=n, query=None,
                         mode=run.mode, max_cache_bytes=cap)
-    frames = [FrameStream(p, fps=2, min_pixels=56 * 56, max_pixels=56 * 56, sampling="grid")
-              for p in paths["stream_videos"][:n]]
+    frames = [FrameStream.for_model(p, model_dir) for p in paths["stream_videos"][:n]]  # as trained: 56x56, grid
     texts: list[list[str]] = [[] for _ in range(n)]
     step_ms, peak, stopped = [], 0, None
     try:

@@ -50,14 +50,16 @@ def original_vtt_time(t: float) -> str:
 
 
 def original_cue(c: Comment, response: str) -> str:
-    """One second as the original writes it to its VTT (fidelity.md §f): the full response, " ..." included,
-    after the second's wall time; the second and third lines start with a space."""
+    """One second as the original writes it to its VTT (streaming_vlm/inference/inference.py with
+    utils/vtt_utils.py): `{start} --> {end}`, then ` Infer Time: {loop:.3f}s` and ` {response}`, the full
+    response with " ..." included; the second and third lines start with a space."""
     loop = (c.vision_ms + c.prefill_ms + c.decode_ms) / 1e3
     return f"{original_vtt_time(c.t0)} --> {original_vtt_time(c.t1)}\n Infer Time: {loop:.3f}s\n {response}\n\n"
 
 
 def original_segment(c: Comment, response: str) -> str:
-    """One second as the original's --emit_json prints it (fidelity.md §f): its last 4 characters cut blindly."""
+    """One second as the original's --emit_json prints it (streaming_vlm/inference/inference.py): a "segment"
+    with the response's last 4 characters cut blindly (`response[:-4]`, meant for the " ...")."""
     return json.dumps({"type": "segment", "start": float(c.t0), "end": float(c.t1), "text": response[:-4]},
                       ensure_ascii=False)
 
@@ -260,9 +262,7 @@ def _main(a: argparse.Namespace) -> int:
         if a.vtt:
             check_output(a.vtt, [a.video, a.ckpt], what="--vtt file")
         load_config(a.ckpt)  # a missing or damaged checkpoint is named before its tokenizer is looked for
-        # Preprocess as the checkpoint was trained (pixel budget, fps) unless a flag says otherwise.
-        pre = load_preprocessing(a.ckpt).replace(fps=a.fps, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
-                                                 frames=a.frames, resize=a.resize)
+        pre = load_preprocessing(a.ckpt)  # read now: a damaged preprocessing.json is named before the model loads
         # The reference's sampling: top-k/top-p and the stop ids from the checkpoint's generation_config.json.
         sampling = SamplingConfig.from_generation_config(
             a.ckpt, temperature=a.temperature or None, top_k=a.top_k, top_p=a.top_p,
@@ -278,9 +278,10 @@ def _main(a: argparse.Namespace) -> int:
         tok = ChatTokenizer.from_dir(a.ckpt)
         stop_ids = stop_ids_for(tok, a.ckpt)
         cfg, params = svlm_jax.load(a.ckpt, a.dtype, quant=a.quant)
-        frames = FrameStream(a.video, fps=pre.fps, start=a.start, end=a.end, timeout=a.timeout,
-                             min_pixels=pre.min_pixels, max_pixels=pre.max_pixels, sampling=pre.frames,
-                             resize=pre.resize)
+        # Frames as the checkpoint was trained on them (fps, pixel budget, picking, resize); set flags win.
+        frames = FrameStream.for_model(a.video, pre, fps=a.fps, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
+                                       sampling=a.frames, resize=a.resize, start=a.start, end=a.end,
+                                       timeout=a.timeout)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -257,10 +257,15 @@ def unigram_baseline(items, tok, sample_cfg, limit: int = 2000) -> float:
     return unigram_entropy(counts)
 
 
-def stream_eval(cfg, params, tok, paths, args, log) -> dict:
-    """Stream the trained model over the held-out synthetic video and score its event calls."""
+def stream_eval(cfg, params, tok, paths, args, log, model=None) -> dict:
+    """Stream the trained model over the held-out synthetic video and score its event calls.
+
+    model: the saved checkpoint directory, whose preprocessing.json the frames follow, as they do in the
+    stream CLI (default: the preprocessing of the flags, the one it is saved with).
+    """
     from experiments.stream import Outputs
     from svlm_jax.cache import StreamConfig
+    from svlm_jax.checkpoint import Preprocessing
     from svlm_jax.data.synthetic import load_events, score_commentary
     from svlm_jax.stream import SamplingConfig, Streamer
     from svlm_jax.video import FrameStream
@@ -275,10 +280,11 @@ def stream_eval(cfg, params, tok, paths, args, log) -> dict:
     vtt = os.path.join(args.out, "stream_eval.vtt")
     subtitles = Outputs(jsonl=False, vtt_path=vtt, out=io.StringIO())
     try:
-        # Frames picked as in training (the demo's "grid"), so the model streams what it learned on.
-        with FrameStream(paths["stream_video"], fps=args.fps, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                         sampling=getattr(args, "frames", "grid"),
-                         resize=getattr(args, "resize", "torchvision")) as frames:
+        # Frames made as in training (the demo's "grid", 56x56), so the model streams what it learned on.
+        if model is None:
+            model = Preprocessing(fps=args.fps, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                                  frames=getattr(args, "frames", "grid"), resize=getattr(args, "resize", "torchvision"))
+        with FrameStream.for_model(paths["stream_video"], model) as frames:
             for c in streamer.run(frames):
                 comments.append((c.t0, c.text))
                 subtitles.write(c)
@@ -463,7 +469,7 @@ def _main(args) -> int:
             log(f"Stream it yourself: python -m experiments.stream --ckpt {model_dir} --video {paths['stream_video']} "
                 f"--query '' --greedy --vtt {os.path.join(args.out, 'my_stream.vtt')}")
     if args.demo and not args.no_stream_eval and lead:
-        score = stream_eval(cfg, params, tok, paths, args, log)
+        score = stream_eval(cfg, params, tok, paths, args, log, model=model_dir)
         log(f"Event calls over {score['stream_seconds'] / 60:.1f} min of stream: "
             f"{score['events_per_min']:.1f} events/min, {score['correct_per_min']:.1f} named correctly/min "
             f"(recall {100 * score['recall']:.0f}%), {score['wrong_per_min']:.1f} wrong or extra calls/min "

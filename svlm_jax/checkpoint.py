@@ -42,9 +42,11 @@ class Preprocessing:
     """How video was fed to a model in training: frames per second, the per-frame pixel budget, which frames
     of each second were picked (`video.FrameStream`'s `sampling`) and how they were resized (`resize`).
 
-    Streaming with other values shows the model frames of another size, pace or phase than it learned from.
-    The defaults are StreamingVLM's (2 fps, 100 to 768 merged tokens per frame, its frame picking and
-    torchvision's antialiased bicubic resize).
+    Streaming with other values shows the model frames of another size, pace or phase than it learned from,
+    so everything that makes frames for a checkpoint starts from its preprocessing.json:
+    `video.FrameStream.for_model`, `stream.Streamer.from_checkpoint` (`st.frames`), the stream CLI, the
+    server, the evaluations and the demo. The defaults are StreamingVLM's (2 fps, 100 to 768 merged tokens
+    per frame, its frame picking and torchvision's antialiased bicubic resize).
     """
 
     fps: int = 2
@@ -56,6 +58,11 @@ class Preprocessing:
     def replace(self, **overrides) -> "Preprocessing":
         """A copy with the given fields changed; None values leave a field as it is (unset CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def frame_stream_kwargs(self) -> dict[str, Any]:
+        """These settings as `video.FrameStream` arguments (its `sampling` is this `frames`)."""
+        return dict(fps=self.fps, min_pixels=self.min_pixels, max_pixels=self.max_pixels, sampling=self.frames,
+                    resize=self.resize)
 
 
 def save_preprocessing(directory: str | os.PathLike, pre: Preprocessing) -> None:
@@ -129,6 +136,15 @@ def dtype_name(dtype) -> str:
     if name not in _DTYPES:
         raise ValueError(f"Unsupported parameter dtype {dtype!r}; use one of {sorted(_DTYPES)}.")
     return name
+
+
+def is_float(dtype) -> bool:
+    """Whether `dtype` is a floating-point type, bfloat16 and float16 included.
+
+    numpy's own test (`np.issubdtype(dt, np.floating)`) is False for bfloat16, which ml_dtypes defines
+    outside numpy's type tree; jax's knows it.
+    """
+    return bool(jax.numpy.issubdtype(dtype, jax.numpy.floating))
 
 
 def _expected(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -296,7 +312,7 @@ def _check_stored(path: pathlib.Path, cfg: ModelConfig) -> dict[str, tuple[tuple
             got = stored[name][0] if name in stored else "absent"
             raise CheckpointError(f"Checkpoint {path} does not match its {CONFIG_FILE}: parameter {name!r} is "
                                   f"{got}, config expects {want.get(name, 'absent')}.")
-    odd = sorted(k for k, (_, dt) in stored.items() if not np.issubdtype(dt, np.floating))
+    odd = sorted(k for k, (_, dt) in stored.items() if not is_float(dt))
     if odd:
         warnings.warn(f"Checkpoint {path} stores {len(odd)} parameter(s) as non-float, first {odd[0]!r} as "
                       f"{stored[odd[0]][1]}; they are cast to the compute dtype, check how it was written.",
@@ -330,7 +346,7 @@ def load(path: str | os.PathLike, dtype=None, quant: str | None = None) -> tuple
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     # Non-float parameters (a damaged export) would break the model's matmuls; compute in the config's dtype.
     abstract = {k: jax.ShapeDtypeStruct(shape, _DTYPES[cfg.dtype] if dtype is not None
-                                        or not np.issubdtype(dt, np.floating) else dt, sharding=device)
+                                        or not is_float(dt) else dt, sharding=device)
                 for k, (shape, dt) in stored.items()}
     with _orbax_errors("parameters", path / PARAMS_DIR):
         params = ocp.load(path / PARAMS_DIR, _unflatten(abstract))

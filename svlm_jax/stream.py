@@ -485,6 +485,48 @@ class Streamer:
         self._meta: dict[tuple, dict] = {}
         self._feats: dict[tuple, jax.Array] = {}  # the vision feature buffer of each shape
 
+    _preprocessing = None  # a checkpoint.Preprocessing, set by from_checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, path, scfg: StreamConfig | None = None, *, dtype=None, quant: str | None = None,
+                        sampling: SamplingConfig | None = None, **kwargs) -> "Streamer":
+        """A Streamer of the checkpoint directory `path`, set up from its files as the stream CLI sets it up.
+
+        Loads the model (`svlm_jax.load(path, dtype, quant=quant)`; dtype None keeps the stored one), its
+        tokenizer, its sampling (`SamplingConfig.from_generation_config`) and stop ids (`stop_ids_for`) from
+        generation_config.json, and its preprocessing.json, which `preprocessing` then holds and `frames`
+        applies. scfg defaults to StreamConfig(vision_tokens=None): the vision rows are sized to the first
+        second. kwargs: Streamer's other arguments (batch, seed, system, query, mode, ...).
+        """
+        from svlm_jax.checkpoint import load, load_config, load_preprocessing
+
+        load_config(path)  # a missing or damaged checkpoint is named before its tokenizer is looked for
+        pre = load_preprocessing(path)
+        tok = ChatTokenizer.from_dir(path)
+        if kwargs.get("stop_ids") is None:
+            kwargs["stop_ids"] = stop_ids_for(tok, path)
+        sampling = SamplingConfig.from_generation_config(path) if sampling is None else sampling
+        cfg, params = load(path, dtype, quant=quant)
+        st = cls(cfg, params, tok, StreamConfig(vision_tokens=None) if scfg is None else scfg, sampling=sampling,
+                 **kwargs)
+        st._preprocessing = pre
+        return st
+
+    @property
+    def preprocessing(self):
+        """The `checkpoint.Preprocessing` this model's frames are made with: its checkpoint's
+        (`from_checkpoint`), else StreamingVLM's defaults."""
+        from svlm_jax.checkpoint import Preprocessing
+
+        return self._preprocessing if self._preprocessing is not None else Preprocessing()
+
+    def frames(self, source, **overrides):
+        """A `video.FrameStream` of `source` (file, URL, camera or frame iterator) made with `preprocessing`;
+        overrides (start, end, fps, max_pixels, ...) as `FrameStream.for_model`."""
+        from svlm_jax.video import FrameStream
+
+        return FrameStream.for_model(source, self.preprocessing, **overrides)
+
     def _session(self, system: str, query: str | None, previous_text: str | None):
         """Check and tokenize one session's prompts -> (query or None, (prefix head, previous ids, prefix tail))."""
         scfg, tok = self.scfg, self.tok

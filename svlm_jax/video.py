@@ -641,16 +641,34 @@ class FrameStream:
     is read late rather than dropped. An error in the thread is re-raised in the consumer. A stream that ends
     inside a second yields that second padded with its last frame and `partial=True` (grid sampling).
 
-    sampling="original" (default) picks as the original StreamingVLM does (fidelity.md §e, `pick_second`):
-    the last `fps` grid picks of the frames that end in [t, t + 1], so a frame ending exactly at t + 1 can
-    be used twice and a final frame ending at a whole second yields one more second. sampling="grid"
+    sampling="original" (default) picks as the original StreamingVLM does (its decord reader in
+    livecc_utils/video_process_patch.py, `pick_second`): the last `fps` grid picks of the frames that end in
+    [t, t + 1], so a frame ending exactly at t + 1 can be used twice and a final frame ending at a whole
+    second yields one more second. sampling="grid"
     takes the frame shown at each grid time t + j/fps (what a viewer sees then). resize="torchvision"
     (default) is the original's antialiased bicubic; "pil" is HF's slow image processor's.
 
     source: path, URL, `/dev/videoN`, or an iterable of uint8 [H, W, 3] frames at `source_fps` frames per
     second (frame i is at time i / source_fps). fps: frames per second fed to the model, an integer in [1, 8].
-    Use as a context manager, or call `close()`, to stop the thread early.
+    Use as a context manager, or call `close()`, to stop the thread early. `FrameStream.for_model` takes
+    fps, pixel budget, sampling and resize from a checkpoint instead of these defaults.
     """
+
+    @classmethod
+    def for_model(cls, source: str | os.PathLike | Iterable[np.ndarray], model, **overrides) -> "FrameStream":
+        """A FrameStream of `source` that shows `model` frames as it was trained on them.
+
+        model: a checkpoint directory, whose preprocessing.json gives fps, min/max pixels, frame picking
+        (`sampling`) and resize (StreamingVLM's defaults where it records none), or a
+        `checkpoint.Preprocessing`. overrides: any FrameStream argument; fps, min_pixels, max_pixels,
+        sampling and resize given here win over the model's, and a None leaves the model's (or the
+        default) in place, so unset CLI flags can be passed straight through.
+        """
+        from svlm_jax.checkpoint import Preprocessing, load_preprocessing
+
+        pre = model if isinstance(model, Preprocessing) else load_preprocessing(model)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(source, **{**pre.frame_stream_kwargs(), **given})
 
     def __init__(self, source: str | os.PathLike | Iterable[np.ndarray], *, fps: int = 2,
                  source_fps: float | None = None, start: float = 0.0, end: float | None = None,

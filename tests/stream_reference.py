@@ -1,6 +1,6 @@
 """The original's streaming policy written the slow, obvious way: one id list, edited as StreamingVLM edits it.
 
-Written from fidelity.md §b and §d (mit-han-lab/streaming-vlm, `inference.py`: `process_past_kv` and the
+Written from docs/ORIGINAL.md §Streaming inference (mit-han-lab/streaming-vlm, `inference.py`: `process_past_kv` and the
 loop around it), without slots, rings or keys. The state is the list the original keeps in
 `prev_generated_ids`, each id tagged with where it came from so positions can be looked up:
 

@@ -135,3 +135,71 @@ def test_preprocessing_round_trip_and_damage(tmp_path):
     (d / "preprocessing.json").write_text(json.dumps({"fps": 2, "frames": "every"}))
     with pytest.raises(CheckpointError, match="preprocessing.json"):
         load_preprocessing(d)
+
+
+# ------------------------------------------------------------- preprocessing.json is the default everywhere
+def _frames_ckpt(tmp_path, model):
+    """A checkpoint with a tokenizer and a preprocessing.json that is not the default: 4 fps, 56x56, grid, pil."""
+    from svlm_jax.checkpoint import Preprocessing, save_preprocessing
+    from svlm_jax.tokenizer import word_level_tokenizer
+
+    cfg, params = model
+    tok = tmp_path / "tokenizer.json"
+    word_level_tokenizer(["red", "ball"], cfg).save(str(tok))
+    ckpt = svlm_jax.save(tmp_path / "ckpt", cfg, params, files=[tok])
+    pre = Preprocessing(fps=4, min_pixels=56 * 56, max_pixels=56 * 56, frames="grid", resize="pil")
+    save_preprocessing(ckpt, pre)
+    return str(ckpt), pre
+
+
+def _pictures(n, h=224, w=320):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_frame_stream_for_a_model_follows_its_preprocessing(model, tmp_path):
+    """FrameStream.for_model: the checkpoint's fps, pixel budget, picking and resize; explicit ones win, None
+    keeps the checkpoint's; a checkpoint without preprocessing.json gets StreamingVLM's defaults."""
+    from svlm_jax.checkpoint import Preprocessing
+    from svlm_jax.video import FrameStream, resize_frames
+
+    ckpt, pre = _frames_ckpt(tmp_path, model)
+    pics = _pictures(16)
+    with FrameStream.for_model(iter(pics), ckpt, source_fps=8, max_pixels=None) as fs:
+        secs = list(fs)
+    assert (fs.fps, fs.sampling, fs.min_pixels, fs.max_pixels) == (4, "grid", 56 * 56, 56 * 56)
+    assert [s.frames.shape for s in secs] == [(4, 28, 56, 3)] * 2
+    np.testing.assert_array_equal(secs[0].frames[1], resize_frames(pics[2][None], 28, 56)[0])  # the pil resize
+    with FrameStream.for_model(iter(pics), ckpt, source_fps=8, fps=2, max_pixels=112 * 112) as fs:
+        assert (fs.fps, fs.sampling) == (2, "grid") and next(fs).frames.shape == (2, 84, 112, 3)
+    bare = tmp_path / "bare"
+    svlm_jax.save(bare, *model)
+    with FrameStream.for_model(iter(pics), bare, source_fps=8) as fs:
+        assert (fs.fps, fs.sampling, fs.max_pixels) == (2, "original", Preprocessing().max_pixels)
+    with FrameStream.for_model(iter(pics), pre.replace(fps=1), source_fps=8) as fs:  # a Preprocessing works too
+        assert fs.fps == 1 and next(fs).frames.shape == (1, 28, 56, 3)
+
+
+def test_evaluations_make_frames_from_the_checkpoint(model, tmp_path):
+    """The commentary evaluations (generate of Inf-Streams / LiveSports) and streaming VQA make their frames
+    from preprocessing.json, flags over it, and log the resolved settings (a changed file refuses a resume)."""
+    import dataclasses
+
+    from experiments import eval_inf_streams
+    from svlm_jax.eval.vqa import streaming as vqa_streaming
+
+    ckpt, pre = _frames_ckpt(tmp_path, model)
+    argv = ["generate", "--data", str(tmp_path), "--ckpt", ckpt, "--out", str(tmp_path / "out")]
+    *_, got, settings = eval_inf_streams.stream_settings(eval_inf_streams.parse_args(argv))
+    assert got == pre and {k: settings[k] for k in dataclasses.asdict(pre)} == dataclasses.asdict(pre)
+    a = eval_inf_streams.parse_args(argv + ["--fps", "2", "--max-pixels", str(112 * 112)])
+    assert eval_inf_streams.load_setup(a).preprocessing == pre.replace(fps=2, max_pixels=112 * 112)
+
+    lane = vqa_streaming.Lane(video=str(tmp_path / "frames"), start=0.0, seconds=2, asks={}, stream_id=0)
+    (tmp_path / "frames").mkdir()
+    from PIL import Image
+
+    for i, pic in enumerate(_pictures(6)):  # a frame folder at 3 fps, as MVBench's
+        Image.fromarray(pic).save(tmp_path / "frames" / f"{i:05d}.jpg")
+    with vqa_streaming._seconds(lane, pre) as fs:
+        assert (fs.fps, fs.sampling) == (4, "grid") and next(fs).frames.shape == (4, 28, 56, 3)

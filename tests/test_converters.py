@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -254,3 +255,63 @@ def test_module_entry_point(tmp_path):
     lines = run.stdout.strip().splitlines()
     assert len(lines) == 1 and "81 tensors, 310,176 params, bfloat16" in lines[0]
     assert "hf_to_jax: 100%" in run.stderr  # the progress bar
+
+
+# ------------------------------------------------------------------------------------ half precision
+def _half_hf(cfg, dtype, directory):
+    """A tiny HF checkpoint written as safetensors in `dtype` (config torch_dtype too), with a tokenizer."""
+    from svlm_jax.tokenizer import word_level_tokenizer
+
+    noisy_hf_model(cfg, seed=5).to(getattr(torch, dtype)).save_pretrained(directory)
+    word_level_tokenizer(["red", "ball"], cfg).save(str(directory / "tokenizer.json"))
+    header, _ = safetensors_io.read_header(directory / "model.safetensors")
+    assert {v["dtype"] for v in header.values()} == {"BF16" if dtype == "bfloat16" else "F16"}
+    return directory
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_converts_loads_and_streams_without_warnings(dtype, tmp_path, capsys):
+    """bf16 and fp16 are floats: converting either way, loading and streaming print and raise no warning."""
+    import warnings
+
+    from experiments.forward_demo import write_synthetic
+    from experiments.stream import main as stream_main
+
+    cfg = ModelConfig.tiny()
+    src = _half_hf(cfg, dtype, tmp_path / "hf")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = hf_to_jax.convert(src, tmp_path / "jax", progress=False)
+        cfg2, params = svlm_jax.load(tmp_path / "jax")
+        jax_to_hf.convert(tmp_path / "jax", tmp_path / "back", progress=False)
+    assert [str(w.message) for w in caught] == []
+    assert summary["dtype"] == dtype and cfg2.dtype == dtype
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(dtype)}
+    for cli, argv in ((hf_to_jax.main, [str(src), str(tmp_path / "cli"), "--no-progress"]),
+                      (jax_to_hf.main, [str(tmp_path / "cli"), str(tmp_path / "cli_back"), "--no-progress"]),
+                      (stream_main, ["--ckpt", str(tmp_path / "cli"), "--video",
+                                     write_synthetic(str(tmp_path / "clip.mp4"), 2.0, rate=8), "--greedy",
+                                     "--max-new-tokens", "3", "--duration", "2", "--jsonl"])):
+        assert cli(argv) == 0
+        out, err = capsys.readouterr()
+        assert "warning" not in err.lower(), err
+    assert [(json.loads(x)["t0"], json.loads(x)["t1"]) for x in out.splitlines()] == [(0.0, 1.0), (1.0, 2.0)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_nan_is_reported_by_name(dtype, tmp_path, capsys):
+    """The NaN/inf check runs on bf16 and fp16 tensors: hf_to_jax, load and jax_to_hf each name the tensor."""
+    cfg = ModelConfig.tiny()
+    src = _half_hf(cfg, dtype, tmp_path / "hf")
+    state = dict(safetensors_io.iter_tensors(src / "model.safetensors"))
+    state["model.layers.1.mlp.up_proj.weight"][2, 3] = np.inf if dtype == "float16" else np.nan
+    safetensors_io.write_file(src / "model.safetensors", state, {"format": "pt"})
+    assert hf_to_jax.main([str(src), str(tmp_path / "jax"), "--no-progress"]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["hf_to_jax: warning: Tensor 'model.layers.1.mlp.up_proj.weight' in model.safetensors holds "
+                     "NaN or inf; the converted model's outputs will be garbage."]
+    with pytest.warns(UserWarning, match="1 parameter\\(s\\) hold NaN or inf, first 'text/layers_1/mlp/up_proj/"):
+        svlm_jax.load(tmp_path / "jax")
+    assert jax_to_hf.main([str(tmp_path / "jax"), str(tmp_path / "back"), "--no-progress"]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "'text/layers_1/mlp/up_proj/kernel'" in lines[0] and "NaN or inf" in lines[0], lines

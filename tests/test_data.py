@@ -28,6 +28,12 @@ def _rec(words, start=0.0, end=10.0, previous=""):
 
 
 # ------------------------------------------------------------------------------------------ validator
+def _raw_stream(line, stream):
+    """`line` with its text_stream replaced by `stream` as given (record_to_json would round the times)."""
+    line[1]["content"][0]["text_stream"] = stream
+    return line
+
+
 def test_validator_skips_and_counts_bad_records(tmp_path):
     good = tmp_path / "good.mp4"
     good.write_bytes(b"\x00" * 16)
@@ -36,22 +42,28 @@ def test_validator_skips_and_counts_bad_records(tmp_path):
     lines = [
         record_to_json("good.mp4", 0, 10, words),
         record_to_json("good.mp4", 0, 10, [[0.5, 0.2, "backwards"]]),  # ends before it starts: kept, counted
-        record_to_json("good.mp4", 0, 10, [[-1.0, 0.2, "early"]]),  # negative time
+        # The original never reads a start and trains on negative times and on lines without words: kept.
+        _raw_stream(record_to_json("good.mp4", -2, 10, []), [[-1.0, 0.2, "early"], [None, -0.5, "earlier"],
+                                                            ["?", 3, "odd"]]),
+        record_to_json("good.mp4", 0, 10, []),  # no words: all-silent rounds, as the original trains them
         record_to_json("missing.mp4", 0, 10, words),
         record_to_json("empty.mp4", 0, 10, words),
-        record_to_json("good.mp4", 0, 10, []),  # empty stream
-        record_to_json("good.mp4", 5, 5, words),  # empty span
+        record_to_json("good.mp4", 5, 5, words),  # empty span: the original finds no frame and raises
+        _raw_stream(record_to_json("good.mp4", 0, 10, []), [[0.1, "late", "kick"]]),  # an end that is no number
     ]
     text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n" + json.dumps({"role": "user"}) + "\n"
     (tmp_path / "a.jsonl").write_text(text)
     records, report = read_jsonl(tmp_path / "a.jsonl")
-    assert len(records) == 2 and records[0].video == str(good)
+    assert len(records) == 4 and records[0].video == str(good)
     assert records[0].words == ((0.1, 0.4, "kick"), (0.4, 0.9, "off"))
     assert records[1].words == ((0.5, 0.2, "backwards"),) and report.reversed_words == 1
-    assert dict(report.skipped) == {"negative_time": 1, "missing_video": 1, "empty_video": 1,
-                                    "empty_stream": 1, "bad_span": 1, "malformed": 2}
-    assert report.lines == 9 and report.kept == 2
-    assert "1 words start after they end" in report.summary()
+    assert records[2].start == -2 and records[2].words == ((-1.0, 0.2, "early"), (None, -0.5, "earlier"),
+                                                           (None, 3.0, "odd"))
+    assert records[3].words == ()
+    assert dict(report.skipped) == {"missing_video": 1, "empty_video": 1, "bad_span": 1, "malformed": 3}
+    assert report.lines == 10 and report.kept == 4
+    summary = report.summary()
+    assert "1 words start after they end" in summary and "3 x malformed" in summary and "1 x bad_span" in summary
 
 
 # ------------------------------------------------------------------------------------------ chunker
@@ -82,6 +94,23 @@ def test_chunks_overlap_previous_text_and_word_filter():
     assert first.rounds[4:] == second.rounds[:4]
     # at 2 words per second no chunk has enough words
     assert chunker.chunk_record(rec, chunker.ChunkConfig(window=8, overlap=4, min_words_per_second=2.0)) == []
+
+
+def test_chunker_never_reads_word_starts():
+    """Starts that are None or after their end change nothing: words go by end time, ties in file order, and
+    each chunk line writes the starts back as read, so its parse gives the chunk's rounds."""
+    from svlm_jax.data.format import parse_record
+
+    words = [(None, 0.5, "kick"), (0.9, 0.5, "off"), (-4.0, 1.5, "goal"), (None, 2.5, "save"), (3.9, 3.2, "what")]
+    rec = _rec(words, 0.0, 4.0, previous="old news")
+    cfg = chunker.ChunkConfig(window=2, overlap=0, min_words_per_second=0.5)
+    chunks = chunker.chunk_record(rec, cfg)
+    assert [(c.start, c.rounds, c.previous) for c in chunks] == [
+        (0.0, (("kick", "off"), ("goal",)), "old news"),
+        (2.0, (("save",), ("what",)), "old news kick off goal")]
+    backs = [parse_record(json.loads(json.dumps(line)), check_video=False) for line in chunker.chunk_lines(rec, cfg)]
+    assert [b.words for b in backs] == [tuple(words[:3]), tuple(words[3:])]
+    assert [chunker.assign_rounds(b.words, c.start, 2) for b, c in zip(backs, chunks)] == [c.rounds for c in chunks]
 
 
 def test_previous_text_keeps_first_sink_and_last_window_tokens(tok):

@@ -1,9 +1,13 @@
 """Training samples equal the original's, token for token, with the real Qwen2.5-VL vocabulary.
 
-The reference here renders the original's chat-template string exactly as shared/reference/fidelity.md
-§a/§c describe (lmm_dataset.py), tokenizes the whole string with the real vocabulary, truncates the
-previous-text block and labels by the <|im_start|>/<|im_end|> pairing rule. The code under test builds
-the same sample round by round.
+The reference here renders the chat-template string the original's `LMMDataset`
+(streaming_vlm/data/lmm_dataset.py) builds: the default system turn, a "previous text" turn, then per
+1-s round a user turn `Time={s:.1f}-{e:.1f}s` (a space before any question from round 1 on) with the
+round's video and an assistant turn `answer + "\n" + phrase + " ..."`, where the phrase takes the next
+words in file order while the round's end >= their end time (their start is never read). It tokenizes
+the whole string with the real vocabulary, truncates the previous-text block to its first 512 and last
+512 tokens when it holds 1,024 or more, and labels from the third token after each assistant
+<|im_start|> through its <|im_end|>. The code under test builds the same sample round by round.
 """
 import json
 import random
@@ -161,3 +165,43 @@ def test_inference_template_is_an_option(qwen_tok):
     assert "Time=13.0-14.0s<|vision_start|>" in text and "s <|vision_start|>" not in text
     labelled = qwen_tok.tokenizer.decode(ids[mask].tolist(), skip_special_tokens=False)
     assert labelled == " Hello ...<|im_end|> there ...<|im_end|> ...<|im_end|>"
+
+
+def _word_time_lines():
+    """Lines the original trains on although their word times look wrong: it reads only each word's end."""
+    yield "negative and reversed starts", _line(20.0, [(-3.0, 20.4, "Curry"), (20.9, 20.5, "brings"),
+                                                       (-0.5, 21.6, "it"), (22.8, 21.9, "up")])
+    yield "starts that are not numbers", _line(20.0, [(None, 20.4, "Curry"), ("soon", 21.2, "brings"),
+                                                      ({}, 23.5, "it")])
+    yield "words before video_start", _line(50.0, [(10.0, 11.0, "Good"), (48.0, 49.9, "evening"),
+                                                   (49.0, 50.7, "Curry"), (51.2, 51.9, "up")])
+    yield "negative ends", _line(0.0, [(-2.0, -1.5, "tip"), (-1.0, -0.2, "off"), (0.3, 0.8, "Curry")])
+    yield "negative video_start", _line(-1.5, [(-1.4, -1.0, "tip"), (-0.2, 0.4, "off"), (1.0, 1.2, "Curry")])
+    yield "no words", _line(5.0, [])
+
+
+def test_word_times_the_original_accepts_are_read_as_it_reads_them(qwen_tok, tmp_path):
+    """Negative starts, starts after ends or not numbers, words before video_start, negative ends, a negative
+    video_start and a line without words: the reader keeps every one (counting the reversed starts only),
+    and each sample equals the original's."""
+    from svlm_jax.data.format import read_jsonl
+
+    lines = dict(_word_time_lines())
+    path = tmp_path / "odd_times.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines.values()))
+    records, report = read_jsonl(path, check_video=False)
+    assert report.kept == len(lines) and not report.skipped
+    assert report.reversed_words == 2 and "2 words start after they end" in report.summary()
+    rng, cfg7b = np.random.default_rng(1), ModelConfig.preset("7b")
+    for (name, line), rec in zip(lines.items(), records):
+        for n_rounds in (4, 2):
+            want_ids, want_labels = reference(qwen_tok, line, n_rounds, N_VISION)
+            px = rng.standard_normal((n_rounds * 16, 1176)).astype(np.float32)
+            s = build_sample(rec, qwen_tok, cfg7b, SampleConfig(), vision=(px, np.array([[1, 4, 4]])))
+            assert s["input_ids"].tolist() == want_ids, name
+            assert np.where(s["label_mask"], s["input_ids"], -100).tolist() == want_labels, name
+    chunk = record_to_chunk(records[0], 4)
+    assert chunk.rounds == (("Curry", "brings"), ("it", "up"), (), ())
+    assert record_to_chunk(records[2], 2).rounds == (("Good", "evening", "Curry"), ("up",))
+    assert record_to_chunk(records[3], 1).rounds == (("tip", "off", "Curry"),)
+    assert record_to_chunk(records[5], 2).rounds == ((), ())

@@ -140,7 +140,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def test_original_format_is_byte_exact(qwen_tok, tmp_path):
-    """VTT cues and JSON lines equal hand-written files in the original's format (fidelity.md §f): " Infer Time"
+    """VTT cues and JSON lines equal hand-written files in the original's format (docs/ORIGINAL.md §Outputs): " Infer Time"
     line, full response with " ...", a cue for every second (silent ones too), truncated milliseconds, the
     JSON keys, response[:-4] even where it cuts real words, non-ASCII kept."""
     turns = [(0.0, 1.0, " Curry brings it up ...", (12.0, 30.0, 101.0)),

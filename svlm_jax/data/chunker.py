@@ -108,7 +108,7 @@ def chunk_record(rec: Record, cfg: ChunkConfig = ChunkConfig()) -> list[Chunk]:
     length = rec.end - rec.start
     rounds_per_chunk = min(cfg.window, int(math.floor(length + _EPS)))
     min_words = cfg.min_words_per_second * rounds_per_chunk
-    words = sorted(rec.words, key=lambda w: (w[1], w[0]))
+    words = sorted(rec.words, key=lambda w: w[1])  # by end time, ties in file order; starts are never read
     for s in chunk_starts(rec.start, rec.end, cfg.window, cfg.overlap):
         rounds = assign_rounds(words, s, rounds_per_chunk)
         if sum(len(r) for r in rounds) < min_words - _EPS:
@@ -133,7 +133,7 @@ def chunk_lines(rec: Record, cfg: ChunkConfig = ChunkConfig(), *, video: str | N
     """
     from svlm_jax.data.format import record_to_json
 
-    words = sorted(rec.words, key=lambda w: (w[1], w[0]))
+    words = sorted(rec.words, key=lambda w: w[1])
     out = []
     for c in chunk_record(rec, cfg):
         inside = [w for w in words if c.start + _EPS < w[1] <= c.end + _EPS]

@@ -9,9 +9,21 @@ One line is one JSON conversation (see docs/DATA.md):
                                         "text_stream": [[0.4, 0.7, "Kick"], [0.7, 1.1, "off"], ...],
                                         "qa_stream": [[0, 5.5, "Who scored?", "Curry"], ...]}]}]
 
-Records keep what the original's `lmm_dataset.py` reads (fidelity.md §c): the words in file order
-(their start times are never read, so a word that starts after it ends is kept and counted), the
-qa_stream, and `previous` taken from the last user content element that has one.
+Records keep what the original's `lmm_dataset.py` reads: the words in file order, the qa_stream, and
+`previous` taken from the last user content element that has one. The original reads a word's end time
+only (`get_phrase_before_timestamp` in streaming_vlm/data/lmm_dataset.py: round k takes the next words
+while video_start + k + 1 >= their end), never its start. So a start that is negative, after the end, or
+not a number at all never rejects a line (one that is not a finite number is kept as None); a start
+after its end is counted (`reversed_words`), as a hint about the annotation. Negative end times,
+words before video_start, a negative video_start and a line with no words are kept too: the original
+trains on all of them (a word ending by video_start + 1 lands in round 0; no words = silent rounds).
+
+The checks that remain, each counted under a reason and printed in `ValidationReport.summary`: the
+layout (`malformed`), video_end after video_start (`bad_span`: the original finds no frame in such a
+clip and raises), the video file (`missing_video`, `empty_video`: the original raises), and every word
+end and qa time a finite number (`malformed`). The original compares those only until a round stops
+consuming words, so it would accept a line whose unreachable tail held a bad end time; svlm-jax refuses
+such a line rather than guess.
 
 `read_jsonl` never aborts on a bad line: it skips it and counts the reason in a `ValidationReport`.
 """
@@ -28,8 +40,6 @@ from typing import Any, Iterable, Sequence
 REASONS = {
     "malformed": "not a [user, assistant] conversation in the documented layout",
     "bad_span": "video_end is not after video_start",
-    "negative_time": "a time is negative",
-    "empty_stream": "the text_stream has no words",
     "missing_video": "the video file does not exist",
     "empty_video": "the video file is 0 bytes",
 }
@@ -48,7 +58,8 @@ class Record:
     """One annotated video span.
 
     video: resolved path; start/end: the annotated span in absolute video seconds;
-    words: ((start, end, word), ...) in file order, each word stripped; previous: commentary before
+    words: ((start, end, word), ...) in file order, each word stripped; start is None where the line's is
+    not a finite number (it is never read, see the module docstring); previous: commentary before
     `start`; query: the user text, if any (the original's training never uses it);
     qa: ((tag, time, question, answer), ...) from the qa_stream, in file order.
     """
@@ -56,7 +67,7 @@ class Record:
     video: str
     start: float
     end: float
-    words: tuple[tuple[float, float, str], ...]
+    words: tuple[tuple[float | None, float, str], ...]
     previous: str = ""
     query: str | None = None
     qa: tuple[tuple[Any, float, str, str], ...] = ()
@@ -64,7 +75,7 @@ class Record:
     @property
     def reversed_words(self) -> int:
         """Words whose start is after their end: harmless, as only end times are read."""
-        return sum(1 for s, e, _ in self.words if s > e)
+        return sum(1 for s, e, _ in self.words if s is not None and s > e)
 
 
 @dataclasses.dataclass
@@ -104,6 +115,14 @@ def _num(x: Any, what: str) -> float:
     return float(x)
 
 
+def _start_time(x: Any) -> float | None:
+    """A word's start as a float, or None when it is not a finite number (never read, so never an error)."""
+    try:
+        return float(x) if not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) else None
+    except OverflowError:
+        return None
+
+
 def parse_record(obj: Any, video_root: str = "", *, check_video: bool = True) -> Record:
     """Turn one decoded JSON conversation into a Record, or raise RecordError naming the reason."""
     if not (isinstance(obj, list) and len(obj) >= 2 and all(isinstance(m, dict) for m in obj)):
@@ -129,20 +148,15 @@ def parse_record(obj: Any, video_root: str = "", *, check_video: bool = True) ->
     end = _num(video_el.get("video_end"), "video_end") if "video_end" in video_el else None
     if end is None:
         raise RecordError("malformed", "the video element needs video_end")
-    if start < 0 or end < 0:
-        raise RecordError("negative_time", f"video span [{start}, {end}] has a negative time")
-    if end <= start:
+    if end <= start:  # the original finds no frame in such a clip and raises
         raise RecordError("bad_span", f"video_end {end} is not after video_start {start}")
     words = []
     for i, w in enumerate(stream_el["text_stream"]):
         if not (isinstance(w, (list, tuple)) and len(w) >= 3 and isinstance(w[2], str)):
             raise RecordError("malformed", f"text_stream item {i} must be [start, end, word]")
-        ws, we = _num(w[0], f"word {i} start"), _num(w[1], f"word {i} end")
-        if ws < 0 or we < 0:
-            raise RecordError("negative_time", f"word {i} {w[2]!r} has a negative time [{ws}, {we}]")
-        words.append((ws, we, w[2].strip()))
-    if not words:
-        raise RecordError("empty_stream", "the text_stream has no words")
+        # The original compares the end with each round's end, so it must be a number; the start is never read.
+        we = _num(w[1], f"word {i} end")
+        words.append((_start_time(w[0]), we, w[2].strip()))
     qa = []
     for i, q in enumerate(stream_el.get("qa_stream") or []):
         if not (isinstance(q, (list, tuple)) and len(q) >= 4 and isinstance(q[2], str) and isinstance(q[3], str)):
@@ -218,7 +232,7 @@ def record_to_json(video: str, start: float, end: float, words: Iterable[tuple[f
     text: dict[str, Any] = {"type": "text", "text": query or ""}
     if previous:
         text["previous"] = previous
-    stream = [[round(float(s), 3), round(float(e), 3), w] for s, e, w in words]
+    stream = [[None if s is None else round(float(s), 3), round(float(e), 3), w] for s, e, w in words]
     el: dict[str, Any] = {"type": "text_stream", "text_stream": stream}
     qa = [list(q) for q in qa]
     if qa:

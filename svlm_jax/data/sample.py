@@ -1,8 +1,9 @@
 """From a record or chunk to model inputs: tokens, labels, M-RoPE positions, vision patches, padded batches.
 
-A sample is the original's SFT sample (fidelity.md §a, §c), built with the same `prompt.build_prefix` /
-`prompt.build_round` the streaming engine uses, under a named template (`SampleConfig.template`,
-default "training", the original's; "inference" trains on the streaming template instead):
+A sample is the original's SFT sample (`LMMDataset` in streaming_vlm/data/lmm_dataset.py), built with the
+same `prompt.build_prefix` / `prompt.build_round` the streaming engine uses, under a named template
+(`SampleConfig.template`, default "training", the original's; "inference" trains on the streaming
+template instead):
 
     [system][previous text, block truncated to text_sink + text_window tokens][round 0][round 1]...
 
@@ -77,15 +78,25 @@ class SampleConfig:
     max_seq_len: int = 32768
     time_mode: str = "float"
 
+    def preprocessing(self):
+        """The `checkpoint.Preprocessing` of these samples' frames (fps, per-frame pixel bounds, picking, resize):
+        what a model trained on them is saved with, so that streaming shows it frames made the same way."""
+        from svlm_jax.checkpoint import Preprocessing
+
+        return Preprocessing(fps=self.fps, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+                             frames=self.frames, resize=self.resize)
+
 
 # ------------------------------------------------------------------------------------------ text
 def record_to_chunk(rec: Record, num_rounds: int, fps: float = 2.0) -> Chunk:
-    """The original's rounds of a whole record (fidelity.md §c).
+    """The original's rounds of a whole record (`preprocess_conversation_stream` and
+    `get_phrase_before_timestamp` in streaming_vlm/data/lmm_dataset.py).
 
     Round k spans [start + k, start + k + 1]. Words are consumed in file order: round k takes the
     unused words while start + k + 1 >= their end and stops at the first that fails, so words ending by
-    start + 1 (also before start) land in round 0, and an out-of-order late word holds back the words
-    after it. Only the first unused qa is checked: it is consumed by the round with start < time <= end.
+    start + 1 (also before start, or at a negative time) land in round 0, and an out-of-order late word
+    holds back the words after it. A word's start is never read. Only the first unused qa is checked: it
+    is consumed by the round with start < time <= end.
     """
     words, qa = rec.words, list(rec.qa)
     rounds, qas, nxt = [], [], 0

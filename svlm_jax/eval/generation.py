@@ -36,7 +36,7 @@ from tqdm import tqdm
 from svlm_jax.eval.datasets import Game, Problems, phrase_before
 from svlm_jax.errors import ConfigError
 from svlm_jax.eval.prompts import BROADCASTER_QUERY
-from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError
+from svlm_jax.video import FrameStream, VideoError
 
 START = 1000  # Inf-Streams-Eval streams every game from 1,000 s (`generate.sh`: START_TIME=1000)
 
@@ -166,6 +166,8 @@ def all_done(jobs: Sequence[Job], out_dir: str, settings: dict) -> bool:
 class StreamSetup:
     """What every stream shares: the model, tokenizer, StreamConfig, sampling, stop ids, seed and frames.
 
+    preprocessing: the `checkpoint.Preprocessing` every job's frames are made with, normally the
+    checkpoint's preprocessing.json with the command's flags over it (None: StreamingVLM's defaults).
     settings: a JSON-able description (checkpoint, sampling, ...) logged in each job header; resuming with
     different settings is refused.
     """
@@ -177,9 +179,7 @@ class StreamSetup:
     sampling: Any
     stop_ids: tuple[int, ...] | None = None
     seed: int = 0
-    fps: int = 2
-    min_pixels: int = VIDEO_MIN_PIXELS
-    max_pixels: int = VIDEO_MAX_PIXELS
+    preprocessing: Any = None
     settings: dict = dataclasses.field(default_factory=dict)
 
 
@@ -210,8 +210,10 @@ def run_jobs(jobs: Sequence[Job], setup: StreamSetup, out_dir: str, *, batch: in
     seconds written so far in this call. Ctrl-C (KeyboardInterrupt) closes everything and propagates; every
     generated second is already on disk.
     """
+    from svlm_jax.checkpoint import Preprocessing
     from svlm_jax.stream import Streamer
 
+    pre = setup.preprocessing if setup.preprocessing is not None else Preprocessing()
     os.makedirs(os.path.join(out_dir, "seconds"), exist_ok=True)
     problems, todo, skipped = Problems(), collections.deque(), 0
     for j, path, log, want in _logs(jobs, out_dir, setup.settings, repair=True):
@@ -238,8 +240,7 @@ def run_jobs(jobs: Sequence[Job], setup: StreamSetup, out_dir: str, *, batch: in
         while todo:
             j, path, log, want = todo.popleft()
             try:
-                frames = FrameStream(j.path, fps=setup.fps, start=j.start, end=j.start + j.seconds,
-                                     min_pixels=setup.min_pixels, max_pixels=setup.max_pixels)
+                frames = FrameStream.for_model(j.path, pre, start=j.start, end=j.start + j.seconds)
             except (VideoError, OSError, ValueError) as e:
                 problems.add("video_error", f"{j.key}: {e}")
                 bar_s.update(j.seconds)

@@ -1,6 +1,7 @@
-"""Questions asked on the live stream: each video plays through a `Streamer` at 2 FPS with the streaming
-cache, and each question goes into the user turn of its second (`Streamer.ask`) and is answered from the
-cache, with the same option-token scoring as offline and no full-attention recompute.
+"""Questions asked on the live stream: each video plays through a `Streamer` with the streaming cache, its
+frames made as the checkpoint was trained (its preprocessing.json; StreamingVLM's 2 FPS by default). Each
+question goes into the user turn of its second (`Streamer.ask`) and is answered from the cache, with the
+same option-token scoring as offline and no full-attention recompute.
 
 Timing: a question at stream time t is asked in second s = ceil(t) - 1, the second whose frames reach t
 (OVO-Bench's official clips also run to ceil(realtime)). OVO-Bench plays each video from 0 and asks all its
@@ -34,7 +35,7 @@ from svlm_jax.eval.vqa.run import record
 from svlm_jax.prompt import question_text
 from svlm_jax.stream import SamplingConfig, Streamer
 from svlm_jax.tokenizer import ChatTokenizer
-from svlm_jax.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError
+from svlm_jax.video import VIDEO_MAX_PIXELS, FrameStream, VideoError
 
 Params = dict[str, Any]
 STREAM_FPS = 2
@@ -85,37 +86,42 @@ def plan_lanes(questions: Sequence[Question], length=F.clip_seconds) -> list[Lan
     return lanes
 
 
-def _seconds(lane: Lane, min_pixels: int, max_pixels: int) -> FrameStream:
+def _seconds(lane: Lane, pre) -> FrameStream:
+    """The lane's clip as seconds made with `pre` (a checkpoint.Preprocessing)."""
     end = lane.start + lane.seconds
     if os.path.isdir(lane.video):  # MVBench frame folders: JPEGs at 3 fps
         from PIL import Image
 
         files = F._frame_files(lane.video)
         frames = (np.asarray(Image.open(f).convert("RGB")) for f in files)
-        return FrameStream(frames, fps=STREAM_FPS, source_fps=F.FRAME_DIR_FPS, start=lane.start, end=end,
-                           min_pixels=min_pixels, max_pixels=max_pixels)
-    return FrameStream(lane.video, fps=STREAM_FPS, start=lane.start, end=end, min_pixels=min_pixels,
-                       max_pixels=max_pixels)
+        return FrameStream.for_model(frames, pre, source_fps=F.FRAME_DIR_FPS, start=lane.start, end=end)
+    return FrameStream.for_model(lane.video, pre, start=lane.start, end=end)
 
 
 def stream_config(tok: ChatTokenizer, questions: Sequence[Question], *, max_pixels: int = VIDEO_MAX_PIXELS,
-                  base: StreamConfig = StreamConfig()) -> StreamConfig:
+                  base: StreamConfig = StreamConfig(), fps: int = STREAM_FPS) -> StreamConfig:
     """The streaming defaults with room for these questions, their answer prefix and a short answer, and for
-    the largest second the frame budget allows (one 2-frame grid: max_pixels / 28^2 tokens)."""
+    the largest second the frame budget allows (ceil(fps / 2) 2-frame grids of max_pixels / 28^2 tokens)."""
     n_q = max(len(tok.encode(question_text(q.text, False))) for q in questions)
     prefix = max(len(tok.encode(P.PROTOCOLS[q.bench].answer_prefix)) for q in questions)
-    return base.replace(vision_tokens=max_pixels // (28 * 28), question_tokens=n_q,
+    return base.replace(vision_tokens=max_pixels // (28 * 28) * math.ceil(fps / 2), question_tokens=n_q,
                         answer_tokens=prefix + ANSWER_TOKENS)
 
 
 def run_streaming(cfg: ModelConfig, params: Params, tok: ChatTokenizer, bench: str, questions: Sequence[Question],
                   preds: Predictions, *, batch: int = 4, vision_chunk: int = 16, progress: bool = True,
-                  scfg: StreamConfig | None = None, min_pixels: int = VIDEO_MIN_PIXELS,
-                  max_pixels: int = VIDEO_MAX_PIXELS, length=F.clip_seconds,
-                  on_step=None) -> list[tuple[str, str]]:
+                  scfg: StreamConfig | None = None, min_pixels: int | None = None,
+                  max_pixels: int | None = None, length=F.clip_seconds,
+                  on_step=None, preprocessing=None) -> list[tuple[str, str]]:
     """Answer the questions not yet in `preds` on the live stream; returns (qid, video) of the questions whose
     video could not be decoded. vision_chunk is unused (the Streamer encodes one second at a time).
+    preprocessing: the `checkpoint.Preprocessing` the frames are made with, the checkpoint's preprocessing.json
+    (None: StreamingVLM's defaults); min_pixels / max_pixels, when given, win over it.
     on_step(streamer, slot, lane, second, comment) is called after every stepped second (tests use it)."""
+    from svlm_jax.checkpoint import Preprocessing
+
+    pre = (Preprocessing() if preprocessing is None else preprocessing).replace(min_pixels=min_pixels,
+                                                                                max_pixels=max_pixels)
     proto = P.PROTOCOLS[bench]
     opts = scoring.option_set(bench, tok)
     unreadable: list[tuple[str, str]] = []
@@ -126,7 +132,8 @@ def run_streaming(cfg: ModelConfig, params: Params, tok: ChatTokenizer, bench: s
     lanes = [ln for ln in lanes if ln.video not in {v for _, v in unreadable}]
     if not lanes:
         return unreadable
-    scfg = scfg or stream_config(tok, [q for ln in lanes for q in ln.asks.values()], max_pixels=max_pixels)
+    scfg = scfg or stream_config(tok, [q for ln in lanes for q in ln.asks.values()], max_pixels=pre.max_pixels,
+                                 fps=pre.fps)
     st = Streamer(cfg, params, tok, scfg, sampling=SamplingConfig(greedy=True), batch=min(batch, len(lanes)),
                   keep_logits=True)
     for b in range(st.batch):
@@ -140,7 +147,7 @@ def run_streaming(cfg: ModelConfig, params: Params, tok: ChatTokenizer, bench: s
         while waiting:
             lane = waiting.pop(0)
             try:
-                frames = _seconds(lane, min_pixels, max_pixels)
+                frames = _seconds(lane, pre)
             except VideoError:
                 _drop(lane)
                 continue
