@@ -16,9 +16,9 @@ Every stream owns S slots, laid out statically from a `StreamConfig` alone:
   * text ring: the last `text_window` tokens of older commentary (one fewer under the original's
     rule); older token j lives in ring slot (j - text_sink) % text_window, so overflow overwrites the oldest.
 
-The policy is the original's `process_past_kv` (docs/ORIGINAL.md §The cache policy). When a turn leaves (text_round seconds
-later) its content, all but the token before `<|im_end|>`, becomes older commentary: the K/V of those
-slots are copied into the text sink or ring, never recomputed. Its format tokens are dropped; the row is
+The policy is the original's `process_past_kv` (docs/ORIGINAL.md §The cache policy). When a turn leaves
+(text_round seconds later) its content, all but the token before `<|im_end|>`, becomes older commentary: the K/V
+of those slots are copied into the text sink or ring, never recomputed. Its format tokens are dropped; the row is
 reused once both its vision and its turn are gone. In the first second the whole previous text is
 present (its middle borrows the rows of later seconds) and is cut at the start of the second one.
 
@@ -46,7 +46,8 @@ from svlm_jax.rope import vision_block_positions
 from svlm_jax.text import QuantKV
 
 POS_MODES = ("contiguous", "native")
-# "original": StreamingVLM's older-text rules (docs/ORIGINAL.md §The cache policy); "svlm": svlm-jax's own (docs/STREAMING.md).
+# "original": StreamingVLM's older-text rules (docs/ORIGINAL.md §The cache policy);
+# "svlm": svlm-jax's own (docs/STREAMING.md).
 OLDER_TEXT_RULES = ("original", "svlm")
 
 # Logical bands, in order. A slot's logical key is band << _BAND_SHIFT | seq.
@@ -427,7 +428,7 @@ class HostStream:
         self.rows[r] = None
 
     def _evict(self, t: int, moves: list[tuple[int, int]]) -> None:
-        """The original's `process_past_kv` at the start of second t (docs/ORIGINAL.md §The cache policy), in its order."""
+        """The original's `process_past_kv` at the start of second t, in its order (ORIGINAL.md §The cache policy)."""
         s = self.scfg
         v, r = s.vision_window, s.turns
         if t >= r:

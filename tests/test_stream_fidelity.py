@@ -1,4 +1,5 @@
-"""Streaming is token-exact with the original StreamingVLM (docs/ORIGINAL.md §The prompt, §The cache policy), on the real Qwen2.5 vocabulary.
+"""Streaming is token-exact with the original StreamingVLM, on the real Qwen2.5 vocabulary (docs/ORIGINAL.md
+§The prompt, §The cache policy).
 
 The expected ids are built here as the original builds them, independently of svlm_jax.prompt and
 svlm_jax.cache: the chat-template strings of §The prompt tokenized whole, the turns left in the list as HF's
@@ -55,7 +56,8 @@ def _with_lf(ids, end):
 
 
 def _process_past_kv(ids, i, *, window, sink, sliding):
-    """The original's `process_past_kv` (docs/ORIGINAL.md §The cache policy) at the start of second i, for text_round == window (the defaults)."""
+    """The original's `process_past_kv` (docs/ORIGINAL.md §The cache policy) at the start of second i, for
+    text_round == window (the defaults)."""
     if i >= window:
         a, e = _segments(ids, [IM_START, ASSISTANT])[0]
         moved = ids[a + 3:e - 1]  # [im_start+3, im_end-2]: all but the token before <|im_end|>
