@@ -226,9 +226,9 @@ def generate(cfg: ModelConfig, params: Params, cache: StreamCache, logits0, base
     commentary, is sampled but not written: as in HF's `generate`, no step runs on the last token, so its
     K/V are computed with the next second's tokens, after that second's eviction (`HostStream` holds it).
     answer_len [B] (used when max_answer > 0): a row with answer_len >= 0 first writes an answer of at most
-    answer_len tokens ended by `newline` (sampled, or forced at the limit), then its commentary; -1 = commentary only. forced [B, max_new] / forced_len [B]
-    teacher-force a row's commentary (forced_len tokens, then a stop) where forced_len >= 0. keys [B] and
-    seconds [B] seed the sampler. With L = max_new (+ max_answer + 1 when max_answer > 0), returns
+    answer_len tokens ended by `newline` (sampled, or forced at the limit), then its commentary; -1 =
+    commentary only. forced [B, max_new] / forced_len [B] teacher-force a row's commentary (forced_len
+    tokens, then a stop) where forced_len >= 0. keys [B] and seconds [B] seed the sampler. With L = max_new (+ max_answer + 1 when max_answer > 0), returns
     (cache, tokens [B, L] (the written ones, then the token that ended the turn; -1 after it), n_written [B],
     answer_end [B] (index of the first commentary token: 0 without a question, n_written if the turn ended
     inside the answer), logits [B, L, V] (row i: the logits that chose token i) or None).
