@@ -2,10 +2,10 @@
 
 Three layers, each usable on its own:
 
-1. Preprocessing that reproduces transformers 4.52.4's slow `Qwen2VLImageProcessor` bit for bit:
-   `smart_resize` picks a size that is a multiple of 28 within a pixel budget, frames are resized with
-   PIL bicubic on uint8, rescaled by 1/255 (in float64, then cast to float32, as HF does), normalised
-   with the CLIP mean/std and cut into rows of 3*2*14*14 values.
+1. Preprocessing that reproduces transformers 4.52.4's processors bit for bit: `smart_resize` picks a
+   size that is a multiple of 28 within a pixel budget, frames are resized (PIL bicubic on uint8, or as
+   torchvision does it), normalised with the CLIP mean/std exactly as the video processor (videos) or the
+   slow image processor (images) computes it, and cut into rows of 3*2*14*14 values.
 2. `read_frames` decodes a file, URL or camera with PyAV and samples it on a strict 1/fps grid.
 3. `FrameStream` turns any source into one `Second` of preprocessed frames at a time, with decoding and
    preprocessing in a background thread so they never block the model.
@@ -95,29 +95,46 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(out)  # [T, height, width, 3]
 
 
-def _normalize_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """[256, 3] float32: the normalised value of every uint8 level per channel, computed HF's way."""
+def _image_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """[256, 3] float32: every uint8 level normalised as the slow `Qwen2VLImageProcessor` does it (images)."""
     levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)  # rescale in float64, then cast
     return (levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-# A uint8 input has 256 levels, so a gather from this table equals HF's rescale + normalise exactly.
-_CLIP_TABLE = _normalize_table(CLIP_MEAN, CLIP_STD)  # [256, 3]
+def _video_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """[256, 3] float32: every uint8 level normalised as transformers 4.52.4's `Qwen2VLVideoProcessor` does it.
+
+    That is the processor the original's `processor(videos=...)` runs, in streaming and in training, even with
+    use_fast=False: rescale and normalise are fused (`BaseImageProcessorFast._fuse_mean_std_and_rescale_factor`),
+    mean and std become float32 tensors multiplied by 1/rescale_factor (255) in float32, then (x - mean) / std
+    in float32. It differs from the image processor's two steps by up to 2 ulp in 9 of 10 values.
+    """
+    scale = np.float32(1.0 / (1 / 255))
+    mean32, std32 = np.asarray(mean, np.float32) * scale, np.asarray(std, np.float32) * scale
+    return (np.arange(256, dtype=np.float32)[:, None] - mean32) / std32
 
 
-def normalize_frames(frames: np.ndarray) -> np.ndarray:
-    """uint8 frames [..., 3] -> float32 [..., 3]: x/255 then (x - CLIP_MEAN) / CLIP_STD, bit-equal to HF."""
+# A uint8 input has 256 levels, so a gather from one of these tables equals the processor's arithmetic exactly.
+_NORMALIZE = {"video": _video_table(CLIP_MEAN, CLIP_STD), "image": _image_table(CLIP_MEAN, CLIP_STD)}  # [256, 3]
+
+
+def normalize_frames(frames: np.ndarray, processor: str = "video") -> np.ndarray:
+    """uint8 frames [..., 3] -> float32 [..., 3]: (x/255 - CLIP_MEAN) / CLIP_STD, bit-equal to HF's processor.
+
+    processor: "video" (`Qwen2VLVideoProcessor`, what videos go through) or "image" (`Qwen2VLImageProcessor`).
+    """
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 RGB [..., 3]; got dtype {frames.dtype} and shape {frames.shape}.")
-    return _CLIP_TABLE[frames, np.arange(3)]
+    return _NORMALIZE[processor][frames, np.arange(3)]
 
 
 def patchify_video(frames: np.ndarray, *, patch_size: int = PATCH_SIZE, temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
-                   merge_size: int = MERGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+                   merge_size: int = MERGE_SIZE, processor: str = "video") -> tuple[np.ndarray, np.ndarray]:
     """Normalise and patchify frames already at a multiple of patch_size * merge_size.
 
-    frames: uint8 [T, H, W, 3]. An odd T is padded by repeating the last frame, as HF does.
+    frames: uint8 [T, H, W, 3]. An odd T is padded by repeating the last frame, as HF does. processor: whose
+    normalisation to reproduce bit for bit (`normalize_frames`): "video" (default) or "image".
     Returns pixel_values_videos [gt*gh*gw, 3*tp*p*p] float32 in row order (t, h_blk, w_blk, mh, mw),
     each row flattened in (C, t, y, x) order, and video_grid_thw [1, 3] int64 = (gt, gh, gw).
     """
@@ -137,19 +154,20 @@ def patchify_video(frames: np.ndarray, *, patch_size: int = PATCH_SIZE, temporal
     # -> (gt, h_blk, w_blk, mh, mw, C, tp, py, px); move bytes first, normalise after (4x less memory traffic).
     x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
     chan = np.arange(c).reshape(1, 1, 1, 1, 1, c, 1, 1, 1)
-    rows = _CLIP_TABLE[x, chan].reshape(gt * gh * gw, c * temporal_patch_size * p * p)  # [N, 1176]
+    rows = _NORMALIZE[processor][x, chan].reshape(gt * gh * gw, c * temporal_patch_size * p * p)  # [N, 1176]
     return rows, np.array([[gt, gh, gw]], np.int64)
 
 
 def patchify_image(image: np.ndarray, **kw) -> tuple[np.ndarray, np.ndarray]:
     """One uint8 image [H, W, 3] (sides multiples of 28) -> (pixel_values [N, 1176], image_grid_thw [1, 3]).
 
-    The image is repeated to fill one temporal patch of 2 frames, as HF does. Keywords as `patchify_video`.
+    The image is repeated to fill one temporal patch of 2 frames, and normalised, as HF's image processor
+    does. Keywords as `patchify_video`.
     """
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"image must be uint8 [H, W, 3]; got shape {image.shape}.")
-    return patchify_video(image[None], **kw)
+    return patchify_video(image[None], processor="image", **kw)
 
 
 def preprocess_video(frames: np.ndarray, *, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS,
@@ -157,8 +175,9 @@ def preprocess_video(frames: np.ndarray, *, min_pixels: int = VIDEO_MIN_PIXELS, 
                      merge_size: int = MERGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """uint8 frames [T, H, W, 3] -> (pixel_values_videos [N, 1176] float32, video_grid_thw [1, 3] int64).
 
-    Equal to `Qwen2VLImageProcessor(min_pixels=, max_pixels=)(images=None, videos=[frames])`: smart_resize of
-    the frame size, bicubic resize, normalise, patchify. The defaults are StreamingVLM's per-frame budget.
+    `Qwen2VLImageProcessor(min_pixels=, max_pixels=)(images=None, videos=[frames])`'s steps: smart_resize of
+    the frame size, PIL bicubic resize, normalise (as the video processor does: within 2 ulp of that slow
+    processor's), patchify. The defaults are StreamingVLM's per-frame budget.
     """
     frames = _check_frames(frames)
     h, w = smart_resize(frames.shape[1], frames.shape[2], patch_size * merge_size, min_pixels, max_pixels)

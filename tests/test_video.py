@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from svlm_jax.video import (VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError, clip_max_pixels,
-                            patchify_image, patchify_video, pick_on_grid, pick_second, preprocess_image,
-                            preprocess_video, read_clip, read_frames, resize_frames_tv, smart_resize, write_mp4)
+from svlm_jax.video import (CLIP_MEAN, CLIP_STD, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FrameStream, VideoError,
+                            clip_max_pixels, normalize_frames, patchify_image, patchify_video, pick_on_grid,
+                            pick_second, preprocess_image, preprocess_video, read_clip, read_frames, resize_frames_tv, smart_resize, write_mp4)
 
 STEP = 10  # frame i of a synthetic video is flat grey at level STEP * i
 
@@ -105,11 +105,31 @@ def test_patchify_layout_and_padding():
     np.testing.assert_allclose(row, expect, atol=1e-5)
     img_pv, img_grid = patchify_image(frames[0])
     assert img_grid.tolist() == [[1, 4, 6]]
-    np.testing.assert_array_equal(img_pv, patchify_video(frames[[0, 0]])[0])
+    np.testing.assert_array_equal(img_pv, patchify_video(frames[[0, 0]], processor="image")[0])
     with pytest.raises(ValueError, match="multiples of 28"):
         patchify_video(frames[:, :50])
     with pytest.raises(ValueError, match="uint8"):
         patchify_video(frames.astype(np.float32))
+
+
+def test_normalisation_is_the_processors_bit_for_bit():
+    """Videos as transformers 4.52.4's Qwen2VLVideoProcessor computes them (what the original's
+    processor(videos=) runs): mean and std as float32 tensors times 1/rescale_factor, then (x - mean) / std
+    in float32 (`BaseImageProcessorFast.rescale_and_normalize`); images as the slow image processor."""
+    torch = pytest.importorskip("torch")
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)  # every level, every channel
+    rescale = 1 / 255
+    mean = torch.tensor(list(CLIP_MEAN)) * (1.0 / rescale)
+    std = torch.tensor(list(CLIP_STD)) * (1.0 / rescale)
+    img = torch.from_numpy(levels).permute(0, 3, 1, 2).to(torch.float32)  # [1, C, H, W]
+    ref = ((img - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(normalize_frames(levels), ref)
+    two_step = normalize_frames(levels, "image")
+    assert np.any(two_step != ref) and np.abs(two_step - ref).max() < 1e-6  # the two processors differ by ulps
+
+    proc = _hf_processor(56 * 56, 28 * 28 * 1280)
+    frames = np.random.default_rng(3).integers(0, 256, (56, 84, 3), np.uint8)
+    np.testing.assert_array_equal(patchify_image(frames)[0], proc(images=[frames], return_tensors="np")["pixel_values"])
 
 
 # ------------------------------------------------------------------ read_frames
