@@ -6,7 +6,9 @@ Three layers, each usable on its own:
    size that is a multiple of 28 within a pixel budget, frames are resized (PIL bicubic on uint8, or as
    torchvision does it), normalised with the CLIP mean/std exactly as the video processor (videos) or the
    slow image processor (images) computes it, and cut into rows of 3*2*14*14 values.
-2. `read_frames` decodes a file, URL or camera with PyAV and samples it on a strict 1/fps grid.
+2. `read_frames` decodes a file, URL or camera with PyAV and samples it on a strict 1/fps grid;
+   `read_clip` and `FrameStream(sampling="original")` pick frames as the original StreamingVLM does, on
+   decord's float32 frame times (`decord_times`, `frame_times`).
 3. `FrameStream` turns any source into one `Second` of preprocessed frames at a time, with decoding and
    preprocessing in a background thread so they never block the model.
 """
@@ -286,11 +288,16 @@ def _grid_sample(timed: Iterable[tuple[float, float, Any]], fps: float, start: f
         k += 1
 
 
-def _timed_av_frames(container, stream, source: str, kind: str, start: float) -> Iterator[tuple[float, float, Any]]:
-    """Decode `stream`, yielding (seconds since the stream origin, duration in seconds, av.VideoFrame)."""
+def _decoded(container, stream, source: str, kind: str, start: float) -> Iterator[tuple[int, int, int, Fraction, Any]]:
+    """Decode `stream` from about `start` s: (pts, origin, duration, time_base, av.VideoFrame) in presentation order.
+
+    pts and duration are integer ticks of time_base; a frame's duration is that of the packet that carried
+    it (the container's, which FFmpeg fills from the frame rate where the container has none), 0 when
+    unknown. origin is the stream's start_time for files and VOD URLs, the first frame's pts for live
+    sources. Frames without a pts (raw elementary streams) are counted instead, in ticks of 1/frame rate.
+    """
     tb = stream.time_base or Fraction(1, 1)
     rate = stream.average_rate or stream.guessed_rate
-    default_dur = float(1 / rate) if rate else 0.0
     seekable = kind == "file" or (kind == "url" and container.duration is not None)
     # Files (and VOD URLs) count from the stream's start time; live sources from their first frame.
     origin = stream.start_time if (seekable and stream.start_time is not None) else None
@@ -299,22 +306,99 @@ def _timed_av_frames(container, stream, source: str, kind: str, start: float) ->
             container.seek((origin or 0) + int(start / tb), stream=stream, backward=True)
         except av.FFmpegError:
             container.seek(0, stream=stream)  # fall back to decoding from the top and skipping
-    t, dur = 0.0, 0.0
+    default_dur = 1 / Fraction(rate) if rate else Fraction(0)
+    durations: dict[int, int] = {}  # packet pts -> packet duration, until its frame is out of the decoder
+    reached, i = 0.0, 0
     try:
-        for i, frame in enumerate(container.decode(stream)):
-            if frame.pts is None:  # raw streams without timestamps: count frames
-                t = i * default_dur
-            else:
-                if origin is None:
-                    origin = frame.pts
-                t = float((frame.pts - origin) * tb)
-            dur = float(frame.duration * tb) if frame.duration else default_dur
-            yield t, dur, frame
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                durations[packet.pts] = packet.duration or 0
+            for frame in packet.decode():
+                if frame.pts is None:
+                    pts, org, dur, ftb = i, 0, 1, (default_dur or Fraction(1, 1))
+                else:
+                    if origin is None:
+                        origin = frame.pts
+                    dur = durations.pop(frame.pts, None)
+                    pts, org, dur, ftb = frame.pts, origin, (frame.duration or 0) if dur is None else dur, tb
+                    if len(durations) > 256:  # packets that made no frame: forget the old ones
+                        durations = {p: d for p, d in durations.items() if p > frame.pts}
+                reached = float((pts - org) * ftb + (dur * ftb if dur else default_dur))
+                i += 1
+                yield pts, org, dur, ftb, frame
     except av.FFmpegError as e:
-        raise VideoError(f"Decoding {source!r} failed near {t:.2f} s ({e}); the "
+        raise VideoError(f"Decoding {source!r} failed near {reached:.2f} s ({e}); the "
                          f"{'stream broke off' if kind != 'file' else 'file is truncated or corrupt'}.") from e
     if kind == "file":
-        _check_complete(container, stream, source, t + dur)
+        _check_complete(container, stream, source, reached)
+
+
+def _timed_av_frames(container, stream, source: str, kind: str, start: float) -> Iterator[tuple[float, float, Any]]:
+    """Decode `stream`, yielding (seconds since the stream origin, duration in seconds, av.VideoFrame).
+
+    Exact rational seconds (float64), for grid sampling; a frame of unknown duration lasts 1/frame rate.
+    """
+    rate = stream.average_rate or stream.guessed_rate
+    default_dur = float(1 / rate) if rate else 0.0
+    for pts, origin, dur, tb, frame in _decoded(container, stream, source, kind, start):
+        yield float((pts - origin) * tb), (float(dur * tb) if dur else default_dur), frame
+
+
+def _decord_timed(container, stream, source: str, kind: str,
+                  start: float) -> Iterator[tuple[np.float32, np.float32, Any]]:
+    """Decode `stream`, yielding (start, end, av.VideoFrame) with decord's float32 frame times (`decord_times`)."""
+    for pts, origin, dur, tb, frame in _decoded(container, stream, source, kind, start):
+        (s, e), = decord_times([pts], [dur], origin, tb)
+        yield s, e, frame
+
+
+def decord_times(pts: Sequence[int], durations: Sequence[int], start_time: int,
+                 time_base: Fraction | float) -> np.ndarray:
+    """Frame times [N, 2] float32 (start, end in seconds) as decord 0.6.0 computes them from packets.
+
+    pts, durations: [N] integer ticks of time_base per packet; start_time: the stream's start_time in
+    ticks; time_base: the stream's (a Fraction) or its value in seconds (a float). decord
+    (`VideoReader::IndexKeyframes` and `GetFramePTS` in src/video/video_reader.cc) stores start_time in a
+    float, so `pts - start_time` is float32 arithmetic (pts > 2^24 ticks are rounded first, e.g. after
+    186 s at 1/90000); that is multiplied by num/den in float64 and stored as float32. A frame ends at
+    pts + duration, so a packet without a duration ends where it starts.
+    """
+    pts = np.asarray(pts, np.int64)  # [N]
+    ticks = pts + np.asarray(durations, np.int64)  # [N]
+    if isinstance(time_base, Fraction):
+        num, den = time_base.numerator, time_base.denominator
+        factor = num / den if num and den else 0.0  # two doubles divided, as decord's ts_factor
+    else:
+        factor = float(time_base)
+    origin = np.asarray(start_time, np.int64).astype(np.float32)
+    start = ((pts.astype(np.float32) - origin).astype(np.float64) * factor).astype(np.float32)
+    end = ((ticks.astype(np.float32) - origin).astype(np.float64) * factor).astype(np.float32)
+    return np.stack([start, end], axis=-1)  # [N, 2]
+
+
+def frame_times(source: str | os.PathLike) -> np.ndarray:
+    """A file's frame times [N, 2] float32 (start, end), one row per frame in presentation order.
+
+    Equal to decord 0.6.0's `VideoReader(source).get_frame_timestamp(range(N))`, which the original reads
+    as `_frame_pts`: every video packet of the file is read (no decoding), sorted by pts and timed by
+    `decord_times` from the stream's start_time. A stream without a start_time (decord subtracts FFmpeg's
+    no-value marker, -2^63, and gives every frame a time near 2^63 ticks, so the original reads no frame
+    there) is timed from its first pts.
+    """
+    source = os.fspath(source)
+    container, stream = _open(source, "file", DEFAULT_TIMEOUT_S, None)
+    start_time, tb = stream.start_time, stream.time_base or Fraction(1, 1)
+    try:
+        packets = [(p.pts, p.duration or 0) for p in container.demux(stream) if p.pts is not None]
+    except av.FFmpegError as e:
+        raise VideoError(f"Reading the packets of {source!r} failed ({e}); the file is truncated or corrupt.") from e
+    finally:
+        container.close()
+    if not packets:
+        raise VideoError(f"{source!r} has no timestamped video packets; re-encode it (e.g. into mp4).")
+    pts, dur = np.array(packets, np.int64).T  # [N], [N]
+    order = np.argsort(pts, kind="stable")  # decord sorts its packets by pts: frame i is the i-th shown
+    return decord_times(pts[order], dur[order], int(pts.min()) if start_time is None else start_time, tb)
 
 
 def _check_complete(container, stream, source: str, reached: float) -> None:
@@ -385,41 +469,52 @@ def _read(container, stream, source, kind, fps, start, end) -> Iterator[tuple[fl
 
 
 # --------------------------------------------------------------------------------------------------
-# The original's frame picking and resize (fidelity.md §e: livecc_utils' decord reader, torchvision)
+# The original's frame picking and resize: StreamingVLM reads frames with `_read_video_decord_plus`
+# (streaming_vlm/livecc_utils/src/livecc_utils/video_process_patch.py, strict_fps=True) over decord 0.6.0's
+# float32 frame end times, under numpy 2 (its frozen requirements pin numpy 2.2.6 / 2.3.2), and resizes
+# with torchvision.
 
-ORIGINAL_FPS = 2.0
+ORIGINAL_FPS = 2.0  # qwen-vl-utils' FPS: the grid step is the Python float 1 / FPS
 ORIGINAL_MAX_FRAMES = 480  # FPS_MAX_FRAMES: a training clip keeps its first 240 s
 ORIGINAL_TOTAL_PIXELS = 24576 * 28 * 28  # VIDEO_MAX_PIXELS of the SFT scripts: the whole-clip budget
 
 
 def pick_on_grid(pts: Sequence[float], fps: float = ORIGINAL_FPS, max_frames: int | None = None) -> list[int]:
-    """Indices into `pts` (frame end times, ascending) that the original picks on its 1/fps grid.
+    """Indices into `pts` (frame end times [N], decord's float32, presentation order) picked on a 1/fps grid.
 
-    Grid = arange(pts[0], pts[-1] + 1e-6, 1/fps), cut to `max_frames`; each grid time takes the first
-    frame with pts >= it (a grid time past every frame takes frame 0, as numpy's argmax of all-False
-    does); the list is padded to an even length with its last index.
+    The original's expressions, evaluated the way numpy 2 evaluates them on float32 times:
+    `grid = arange(pts[0], pts[-1] + 1e-6, 1 / fps)`, cut to `max_frames` points, and each grid point
+    takes the first frame with `pts >= grid` (a point past every frame takes frame 0: argmax of all-False);
+    the list is padded to an even length with its last index. `pts[-1] + 1e-6` stays float32 (NEP 50), so
+    from 32 s on, where a float32 step is 3.8e-6, the 1e-6 is lost and a frame ending exactly 1 s after
+    the first is no longer on the grid. arange's length and second point come from float32 arithmetic; its
+    array is float64, so `pts >= grid` compares in float64.
     """
-    pts = np.asarray(pts, np.float64)
+    pts = np.asarray(pts, np.float32)  # [N]
     if pts.size == 0:
         return []
-    grid = np.arange(pts[0], pts[-1] + 1e-6, 1 / fps)
-    if max_frames is not None:
+    grid = np.arange(pts[0], pts[-1] + 1e-6, 1 / float(fps))  # np.float32 bounds, a Python float step
+    if max_frames is not None and len(grid) > max_frames:
         grid = grid[:max_frames]
-    idx = (grid[:, None] <= pts[None, :]).argmax(axis=1).tolist()
+    idx = (grid[:, None] <= pts).argmax(axis=1).tolist()  # [G]
     while len(idx) % TEMPORAL_PATCH_SIZE:
         idx.append(idx[-1])
     return idx
 
 
 def pick_second(pts: Sequence[float], t: float, duration: float = 1.0, fps: float = ORIGINAL_FPS) -> list[int]:
-    """Indices into `pts` (all frame end times, ascending) of the frames the original streams for [t, t+duration].
+    """Indices into `pts` (all frame end times [N], decord's float32) that the original streams for [t, t+duration].
 
-    P = the frames with t <= pts <= t + duration; the grid pick of P; its last int(duration * fps).
-    Frames ending exactly at t and t + 1 make a 3-point grid, padded to 4, so the frame at t + 1 is
-    used twice. Empty when no frame ends in the span (the original stops there).
+    P = the frames with `t <= pts <= t + duration`, where t and t + duration are Python numbers that numpy
+    casts to float32 for the comparison (the original's video_start and video_end); the grid pick of P
+    (`pick_on_grid`); its last int(duration * fps). Frames end at about t and t + 0.5 in the usual case.
+    When frames end exactly at t and t + 1 and t + 1 < 32 s, the grid has 3 points, padded to 4, and the
+    frame ending at t + 1 is used twice; from 32 s on the grid has 2 points and the frames ending at t and
+    t + 0.5 are taken. Empty when no frame ends in the span (the original stops there).
     """
-    pts = np.asarray(pts, np.float64)
-    inside = np.nonzero((t <= pts) & (pts <= t + duration))[0]
+    pts = np.asarray(pts, np.float32)  # [N]
+    t = float(t)  # a numpy float64 would compare in float64; the original's bounds are Python numbers
+    inside = ((t <= pts) & (pts <= t + float(duration))).nonzero()[0]
     if inside.size == 0:
         return []
     picked = pick_on_grid(pts[inside], fps)
@@ -501,22 +596,25 @@ def resize_with(name: str):
 
 def read_clip(source: str | os.PathLike, start: float, end: float, *, fps: float = ORIGINAL_FPS,
               max_frames: int | None = ORIGINAL_MAX_FRAMES) -> tuple[np.ndarray, list[float]]:
-    """The original's training clip: (frames uint8 [n, H, W, 3], their end times), n even.
+    """The original's training clip [start, end] s: (frames uint8 [n, H, W, 3], their end times), n even.
 
-    Decodes the frames whose end time (start + duration) lies in [start, end] and picks them with
-    `pick_on_grid`. Only picked frames are converted to RGB. Raises VideoError when none lies there.
+    As `_read_video_decord_plus` with video_start/video_end (the record's floats): the frames whose
+    float32 end time (`decord_times`) satisfies `start <= pts <= end`, compared in float32, are picked with
+    `pick_on_grid` (at most `max_frames`, FPS_MAX_FRAMES). The end times are returned as Python floats
+    holding the float32 values, as the original's `clip_pts`. Only picked frames are converted to RGB.
+    Raises VideoError when no frame ends in the clip.
     """
     source = os.fspath(source)
+    start, end = float(start), float(end)
     kind = _kind(source)
     container, stream = _open(source, kind, DEFAULT_TIMEOUT_S, None)
     try:
         stream.thread_type = "AUTO"
         pts, frames = [], []
-        for t, dur, frame in _timed_av_frames(container, stream, source, kind, max(start - 2.0, 0.0)):
-            e = t + dur
-            if e > end + 1e-9:
+        for s, e, frame in _decord_timed(container, stream, source, kind, max(start - 2.0, 0.0)):
+            if s > end:  # presentation order: this frame and every later one end after `end`
                 break
-            if e >= start - 1e-9:
+            if start <= e <= end:
                 pts.append(e)
                 frames.append(frame)
         if not pts:
@@ -526,7 +624,7 @@ def read_clip(source: str | os.PathLike, start: float, end: float, *, fps: float
         for i in idx:
             if i not in rgb:
                 rgb[i] = frames[i].to_ndarray(format="rgb24")
-        return np.stack([rgb[i] for i in idx]), [pts[i] for i in idx]
+        return np.stack([rgb[i] for i in idx]), [float(pts[i]) for i in idx]
     finally:
         container.close()
 
@@ -578,20 +676,21 @@ def _check_iter_frame(i: int, frame) -> np.ndarray:
 
 def _original_sample(timed: Iterable[tuple[float, float, Any]], fps: int, start: float, end: float | None,
                      to_rgb) -> Iterator[tuple[float, np.ndarray]]:
-    """The original's per-second picking over (time, duration, frame) in presentation order.
+    """The original's per-second picking over (start, end, frame) in presentation order, float32 times.
 
-    Second i (t = start + i) is complete once a frame ends after t + 1 (or the source ends); its frames
-    are `pick_second` of the frames ending in [t, t + 1], padded to `fps` with the last. A frame ending
-    exactly at t + 1 belongs to seconds i and i + 1. Stops at the first second with no frame, as the
-    original does. Yields (t + j/fps, RGB frame) pairs, `fps` per second.
+    Second i (t = start + i) is `pick_second` of the frames with `t <= end <= t + 1` (float32 comparisons,
+    as the original's), padded to `fps` with the last. It is complete once a frame ends after t + 1, which
+    assumes end times ascend in presentation order (true when frames last one frame interval, or until
+    the next frame); a live source then waits for no extra frame. A frame ending exactly at t + 1 belongs
+    to seconds i and i + 1. Stops at the first second with no frame, as the original does. Yields
+    (t + j/fps, RGB frame) pairs, `fps` per second.
     """
-    buf: list[tuple[float, Any]] = []  # (end time, frame) of the frames that may still be picked
+    buf: list[tuple[np.float32, Any]] = []  # (end time, frame) of the frames that may still be picked
     rgb: dict[int, np.ndarray] = {}
     i = 0
 
     def emit(t):
-        pts = [e for e, _ in buf]
-        idx = pick_second(pts, t, 1.0, fps)
+        idx = pick_second(np.array([e for e, _ in buf], np.float32), t, 1.0, fps)
         if not idx:
             return None
         idx += [idx[-1]] * (fps - len(idx))
@@ -607,13 +706,12 @@ def _original_sample(timed: Iterable[tuple[float, float, Any]], fps: int, start:
         nonlocal buf, i
         i += 1
         t = start + i
-        buf = [(e, f) for e, f in buf if e >= t]
+        buf = [(e, f) for e, f in buf if e >= t]  # np.float32 vs a Python float: compared in float32
         live = {id(f) for _, f in buf}
         for k in [k for k in rgb if k not in live]:
             del rgb[k]
 
-    for t_frame, dur, frame in timed:
-        e = round(t_frame + dur, 6)  # the frame's end time, decord's pts[:, 1]
+    for _, e, frame in timed:
         if e < start:
             continue
         while e > start + i + 1:
@@ -633,10 +731,18 @@ def _original_sample(timed: Iterable[tuple[float, float, Any]], fps: int, start:
         advance()
 
 
+def _iterator_times(frames: Iterable[Any], source_fps: float) -> Iterator[tuple[np.float32, np.float32, Any]]:
+    """(start, end, frame) for frame i of an iterator: decord's times of pts i, duration 1, ticks of 1/source_fps s."""
+    factor = 1 / source_fps
+    for i, frame in enumerate(frames):
+        (s, e), = decord_times([i], [1], 0, factor)
+        yield s, e, frame
+
+
 def _read_original(container, stream, source, kind, fps, start, end) -> Iterator[tuple[float, np.ndarray]]:
     try:
         n = 0
-        for item in _original_sample(_timed_av_frames(container, stream, source, kind, max(start - 1.0, 0.0)),
+        for item in _original_sample(_decord_timed(container, stream, source, kind, max(start - 1.0, 0.0)),
                                      fps, start, end, lambda f: f.to_ndarray(format="rgb24")):
             n += 1
             yield item
@@ -660,12 +766,17 @@ class FrameStream:
     is read late rather than dropped. An error in the thread is re-raised in the consumer. A stream that ends
     inside a second yields that second padded with its last frame and `partial=True` (grid sampling).
 
-    sampling="original" (default) picks as the original StreamingVLM does (its decord reader in
-    livecc_utils/video_process_patch.py, `pick_second`): the last `fps` grid picks of the frames that end in
-    [t, t + 1], so a frame ending exactly at t + 1 can be used twice and a final frame ending at a whole
-    second yields one more second. sampling="grid"
-    takes the frame shown at each grid time t + j/fps (what a viewer sees then). resize="torchvision"
-    (default) is the original's antialiased bicubic; "pil" is HF's slow image processor's.
+    sampling="original" (default) picks as the original StreamingVLM does (`pick_second`): the last `fps`
+    grid picks of the frames whose float32 end time lies in [t, t + 1]. Usually these end at about t and
+    t + 0.5; a frame ending exactly at t + 1 is used twice below 32 s and not from 32 s on (float32
+    rounding, see `pick_on_grid`), and a final frame ending at a whole second yields one more second.
+    Frame times are decord's (`decord_times`): from each packet's pts and duration and the stream's
+    start_time for a file (bit-equal to decord on mp4, mkv, mpegts and nut files); a live URL or camera,
+    which has no index, is timed the same way from its packets with its first frame as time 0; frame i of
+    an iterator starts at i / source_fps and ends at (i + 1) / source_fps, in decord's float32 arithmetic.
+    sampling="grid" takes the frame shown at each grid time t + j/fps (what a viewer sees then).
+    resize="torchvision" (default) is the original's antialiased bicubic; "pil" is HF's slow image
+    processor's.
 
     source: path, URL, `/dev/videoN`, or an iterable of uint8 [H, W, 3] frames at `source_fps` frames per
     second (frame i is at time i / source_fps). fps: frames per second fed to the model, an integer in [1, 8].
@@ -724,11 +835,12 @@ class FrameStream:
             if source_fps is None or not source_fps > 0:
                 raise ValueError(f"An iterator source needs its frame rate: pass source_fps > 0 (got {source_fps}).")
             _check_timing(self.fps, start, end)
-            timed = ((i / source_fps, 1 / source_fps, f) for i, f in enumerate(source))
             if sampling == "grid":
+                timed = ((i / source_fps, 1 / source_fps, f) for i, f in enumerate(source))
                 self._sampled = _grid_sample(timed, self.fps, self.start, end)
             else:
-                self._sampled = _original_sample(timed, self.fps, self.start, end, lambda f: f)
+                self._sampled = _original_sample(_iterator_times(source, source_fps), self.fps, self.start, end,
+                                                 lambda f: f)
         self.size: tuple[int, int] | None = None  # (h, w) of every frame, fixed by the first one
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -823,12 +935,13 @@ class FrameStream:
         self.close()
 
 
-def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int, *,
+def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int | Fraction, *,
               options: dict[str, str] | None = None) -> str:
     """Encode RGB frames (each uint8 [H, W, 3], all one size, even sides) as h264 mp4; frame i at i/fps s.
 
-    options go to libx264 (e.g. {"crf": "0"} for near-lossless). The file is written under a temporary
-    name and renamed when complete. Returns `path` as a string.
+    fps: an integer, or a Fraction such as Fraction(30000, 1001) for 29.97 fps. options go to libx264 (e.g.
+    {"crf": "0"} for near-lossless). The file is written under a temporary name and renamed when complete.
+    Returns `path` as a string.
     """
     path = str(path)
     tmp = path + ".part"

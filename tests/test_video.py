@@ -286,7 +286,7 @@ def test_write_mp4_round_trips_and_refuses_no_frames(tmp_path):
     assert not any(p.name.startswith("none") for p in tmp_path.iterdir())  # no partial file left
 
 
-# ------------------------------------------------------------------ the original's frames (fidelity.md §e)
+# ------------------------------------------------------------------ the original's frames (ORIGINAL.md#frames)
 
 
 def test_pick_on_grid_and_pick_second():
