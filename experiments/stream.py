@@ -34,7 +34,7 @@ if __name__ == "__main__":
 from svlm_jax.cache import OLDER_TEXT_RULES, CacheFull, StreamConfig
 from svlm_jax.errors import SvlmError, check_output, one_line, silence_stdout
 from svlm_jax.prompt import DEFAULT_QUERY, DEFAULT_SYSTEM
-from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, chunked, stop_ids_for
+from svlm_jax.stream import MODES, Comment, SamplingConfig, Streamer, stop_ids_for
 from svlm_jax.video import MAX_FPS, VideoError
 from svlm_jax.webvtt import cue_text as vtt_text
 from svlm_jax.webvtt import vtt_time
@@ -281,11 +281,11 @@ def _main(a: argparse.Namespace) -> int:
         # Frames as the checkpoint was trained on them (fps, pixel budget, picking, resize); set flags win.
         frames = FrameStream.for_model(a.video, pre, fps=a.fps, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
                                        sampling=a.frames, resize=a.resize, start=a.start, end=a.end,
-                                       timeout=a.timeout)
+                                       timeout=a.timeout, chunk=a.chunk_duration)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    rounds = chunked(frames, a.chunk_duration)
+    rounds = iter(frames)  # one round per chunk_duration seconds (FrameStream(chunk=))
     if a.duration is not None:  # the original's `duration`: ceil(duration / chunk) rounds
         rounds = itertools.islice(rounds, math.ceil(a.duration / a.chunk_duration))
     try:

@@ -967,36 +967,3 @@ def synthetic_seconds(cfg: ModelConfig, grid_hw: tuple[int, int] = (4, 4), *, fp
         px = rng.standard_normal((int(np.prod(grid)), cfg.vision.patch_dim), dtype=np.float32)
         yield Second(index=i, t0=start + i, t1=start + i + 1, fps=fps, frames=frames, pixel_values=px, grid_thw=grid)
         i += 1
-
-
-def chunked(seconds: Iterable[Any], duration: int) -> Iterator[Any]:
-    """Rounds of `duration` seconds, as the original's `chunk_duration`: one clip of duration*fps frames
-    (grid t summed, patches in time order) labelled Time=t0-t1. duration 1 passes `seconds` through.
-
-    seconds: `video.Second`s of one frame size. A stream that ends inside a round yields what it has,
-    marked partial.
-    """
-    if duration < 1:
-        raise ValueError(f"chunk duration must be >= 1 second, got {duration}.")
-    if duration == 1:
-        yield from seconds
-        return
-    group: list[Second] = []
-    for sec in seconds:
-        group.append(sec)
-        if len(group) == duration or getattr(sec, "partial", False):
-            yield _merge(group)
-            group = []
-    if group:
-        yield dataclasses.replace(_merge(group), partial=True)
-
-
-def _merge(group: Sequence[Second]) -> Second:
-    a, b = group[0], group[-1]
-    grid = np.asarray(a.grid_thw).copy()
-    grid[0, 0] = sum(int(np.asarray(s.grid_thw)[0, 0]) for s in group)
-    if any(tuple(np.asarray(s.grid_thw)[0, 1:]) != tuple(grid[0, 1:]) for s in group):
-        raise ValueError("A round's seconds have different frame sizes; chunk a stream of one frame size.")
-    return Second(index=a.index, t0=a.t0, t1=b.t1, fps=a.fps, frames=np.concatenate([s.frames for s in group]),
-                  pixel_values=np.concatenate([s.pixel_values for s in group]), grid_thw=grid,
-                  partial=bool(getattr(b, "partial", False)), num_real=int(getattr(b, "num_real", 0)))

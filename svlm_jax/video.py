@@ -675,25 +675,27 @@ def _check_iter_frame(i: int, frame) -> np.ndarray:
 
 
 def _original_sample(timed: Iterable[tuple[float, float, Any]], fps: int, start: float, end: float | None,
-                     to_rgb) -> Iterator[tuple[float, np.ndarray]]:
-    """The original's per-second picking over (start, end, frame) in presentation order, float32 times.
+                     to_rgb, chunk: int = 1) -> Iterator[tuple[float, np.ndarray]]:
+    """The original's per-round picking over (start, end, frame) in presentation order, float32 times.
 
-    Second i (t = start + i) is `pick_second` of the frames with `t <= end <= t + 1` (float32 comparisons,
-    as the original's), padded to `fps` with the last. It is complete once a frame ends after t + 1, which
-    assumes end times ascend in presentation order (true when frames last one frame interval, or until
-    the next frame); a live source then waits for no extra frame. A frame ending exactly at t + 1 belongs
-    to seconds i and i + 1. Stops at the first second with no frame, as the original does. Yields
-    (t + j/fps, RGB frame) pairs, `fps` per second.
+    Round i of `chunk` seconds (t = start + i * chunk) is `pick_second(.., t, chunk)` of the frames with
+    `t <= end <= t + chunk` (float32 comparisons, as the original's), padded to chunk * fps with the last.
+    It is complete once a frame ends after t + chunk, which assumes end times ascend in presentation order
+    (true when frames last one frame interval, or until the next frame); a live source then waits for no
+    extra frame. A frame ending exactly at t + chunk belongs to rounds i and i + 1. Stops at the first
+    round with no frame, as the original does. Yields (t + j/fps, RGB frame) pairs, chunk * fps per round.
     """
     buf: list[tuple[np.float32, Any]] = []  # (end time, frame) of the frames that may still be picked
     rgb: dict[int, np.ndarray] = {}
     i = 0
 
+    n = chunk * fps
+
     def emit(t):
-        idx = pick_second(np.array([e for e, _ in buf], np.float32), t, 1.0, fps)
+        idx = pick_second(np.array([e for e, _ in buf], np.float32), t, float(chunk), fps)
         if not idx:
             return None
-        idx += [idx[-1]] * (fps - len(idx))
+        idx += [idx[-1]] * (n - len(idx))
         out = []
         for j, k in enumerate(idx):
             f = buf[k][1]
@@ -705,7 +707,7 @@ def _original_sample(timed: Iterable[tuple[float, float, Any]], fps: int, start:
     def advance():
         nonlocal buf, i
         i += 1
-        t = start + i
+        t = start + i * chunk
         buf = [(e, f) for e, f in buf if e >= t]  # np.float32 vs a Python float: compared in float32
         live = {id(f) for _, f in buf}
         for k in [k for k in rgb if k not in live]:
@@ -714,17 +716,17 @@ def _original_sample(timed: Iterable[tuple[float, float, Any]], fps: int, start:
     for _, e, frame in timed:
         if e < start:
             continue
-        while e > start + i + 1:
-            if end is not None and start + i >= end - _EPS:
+        while e > start + (i + 1) * chunk:
+            if end is not None and start + i * chunk >= end - _EPS:
                 return
-            got = emit(start + i)
+            got = emit(start + i * chunk)
             if got is None:
                 return
             yield from got
             advance()
         buf.append((e, frame))
-    while end is None or start + i < end - _EPS:
-        got = emit(start + i)
+    while end is None or start + i * chunk < end - _EPS:
+        got = emit(start + i * chunk)
         if got is None:
             return
         yield from got
@@ -739,11 +741,11 @@ def _iterator_times(frames: Iterable[Any], source_fps: float) -> Iterator[tuple[
         yield s, e, frame
 
 
-def _read_original(container, stream, source, kind, fps, start, end) -> Iterator[tuple[float, np.ndarray]]:
+def _read_original(container, stream, source, kind, fps, start, end, chunk=1) -> Iterator[tuple[float, np.ndarray]]:
     try:
         n = 0
         for item in _original_sample(_decord_timed(container, stream, source, kind, max(start - 1.0, 0.0)),
-                                     fps, start, end, lambda f: f.to_ndarray(format="rgb24")):
+                                     fps, start, end, lambda f: f.to_ndarray(format="rgb24"), chunk):
             n += 1
             yield item
         if n == 0:
@@ -780,6 +782,9 @@ class FrameStream:
 
     source: path, URL, `/dev/videoN`, or an iterable of uint8 [H, W, 3] frames at `source_fps` frames per
     second (frame i is at time i / source_fps). fps: frames per second fed to the model, an integer in [1, 8].
+    chunk: seconds per yielded `Second` (the original's chunk_duration): each covers [t, t + chunk) and holds
+    one clip of chunk * fps frames picked over the whole span, as the original reads a round (with
+    sampling="original", `pick_second(.., t, chunk)`; not the frames of `chunk` one-second picks).
     Use as a context manager, or call `close()`, to stop the thread early. `FrameStream.for_model` takes
     fps, pixel budget, sampling and resize from a checkpoint instead of these defaults.
     """
@@ -804,9 +809,12 @@ class FrameStream:
                  source_fps: float | None = None, start: float = 0.0, end: float | None = None,
                  min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS, queue_size: int = 4,
                  timeout: float = DEFAULT_TIMEOUT_S, options: dict[str, str] | None = None,
-                 sampling: str = "original", resize: str = "torchvision"):
+                 sampling: str = "original", resize: str = "torchvision", chunk: int = 1):
         if isinstance(fps, bool) or int(fps) != fps or not 1 <= fps <= MAX_FPS:
             raise ValueError(f"fps must be an integer from 1 to {MAX_FPS}; got {fps}.")
+        if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+            raise ValueError(f"chunk must be a whole number of seconds >= 1; got {chunk}.")
+        self.chunk = int(chunk)
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}.")
         self._resize = resize_with(resize)
@@ -830,7 +838,7 @@ class FrameStream:
             container, vstream = _open(src, kind, timeout, options)
             if kind != "camera":
                 vstream.thread_type = "AUTO"
-            self._sampled = _read_original(container, vstream, src, kind, self.fps, self.start, end)
+            self._sampled = _read_original(container, vstream, src, kind, self.fps, self.start, end, self.chunk)
         else:
             if source_fps is None or not source_fps > 0:
                 raise ValueError(f"An iterator source needs its frame rate: pass source_fps > 0 (got {source_fps}).")
@@ -840,7 +848,7 @@ class FrameStream:
                 self._sampled = _grid_sample(timed, self.fps, self.start, end)
             else:
                 self._sampled = _original_sample(_iterator_times(source, source_fps), self.fps, self.start, end,
-                                                 lambda f: f)
+                                                 lambda f: f, self.chunk)
         self.size: tuple[int, int] | None = None  # (h, w) of every frame, fixed by the first one
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -859,13 +867,13 @@ class FrameStream:
         return False
 
     def _second(self, index: int, frames: list[np.ndarray]) -> Second:
-        n = len(frames)
-        frames = frames + [frames[-1]] * (self.fps - n)
-        arr = np.stack(frames)  # [fps, h, w, 3]
+        n, full = len(frames), self.fps * self.chunk
+        frames = frames + [frames[-1]] * (full - n)
+        arr = np.stack(frames)  # [chunk * fps, h, w, 3]: one clip, as the original reads a round
         pixels, grid = patchify_video(arr)
-        t0 = self.start + index
-        return Second(index=index, t0=t0, t1=t0 + 1.0, fps=self.fps, frames=arr, pixel_values=pixels,
-                      grid_thw=grid, partial=n < self.fps, num_real=n)
+        t0 = self.start + index * self.chunk
+        return Second(index=index, t0=t0, t1=t0 + float(self.chunk), fps=self.fps, frames=arr, pixel_values=pixels,
+                      grid_thw=grid, partial=n < full, num_real=n)
 
     def _run(self) -> None:
         try:
@@ -882,7 +890,7 @@ class FrameStream:
                     except ValueError as e:  # a 2x2 video, a 1000:1 strip: the source's fault
                         raise VideoError(f"Cannot use this video: {e}") from None
                 buf.append(self._resize(frame[None], *self.size)[0])
-                if len(buf) == self.fps:
+                if len(buf) == self.fps * self.chunk:
                     if not self._put(self._second(index, buf)):
                         return
                     buf, index = [], index + 1

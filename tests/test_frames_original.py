@@ -186,6 +186,23 @@ def test_frame_stream_seconds_equal_the_original(files, name):
         assert all(want[t][0] != want[t][1] for t in range(31, 120))
 
 
+@pytest.mark.parametrize("name,chunk", [("25", 2), ("29.97", 3)])
+def test_frame_stream_chunks_equal_the_original(files, name, chunk):
+    """chunk_duration > 1: one round reads [t, t + chunk] as one clip and takes its last chunk * FPS grid
+    picks (not chunk one-second picks: at 25 fps those are [0, 13, 49, 49] against [0, 13, 26, 38])."""
+    pts = decord_times(files[name])[:, 1]
+    n = 120 // chunk
+    want = [original_second(pts, k * chunk, chunk) for k in range(n)]
+    want = [w + [w[-1]] * (2 * chunk - len(w)) for w in want]
+    with FrameStream(files[name], fps=2, end=120.0, min_pixels=28 * 28, max_pixels=28 * 28,
+                     sampling="original", chunk=chunk) as stream:
+        secs = list(stream)
+    assert [(s.t0, s.t1) for s in secs] == [(float(k * chunk), float(k * chunk + chunk)) for k in range(n)]
+    got = [[_index(f) for f in s.frames] for s in secs]
+    assert [k for k in range(n) if got[k] != want[k]] == []
+    assert all(s.grid_thw[0, 0] == chunk for s in secs)  # one clip of 2 * chunk frames per round
+
+
 @pytest.mark.parametrize("name", list(RATES))
 @pytest.mark.parametrize("start,end,max_frames", [
     (0.0, 7.0, FPS_MAX_FRAMES), (0.0, 40.0, FPS_MAX_FRAMES), (31.0, 38.0, FPS_MAX_FRAMES),
