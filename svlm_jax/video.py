@@ -15,7 +15,6 @@ Three layers, each usable on its own:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import queue
@@ -28,6 +27,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from svlm_jax import tv_resize
 from svlm_jax.errors import VideoError  # re-exported: the video domain's error type
 
 # OpenAI CLIP normalisation, shared by the Qwen2-VL and Qwen2.5-VL processors.
@@ -527,61 +527,16 @@ def clip_max_pixels(n_frames: int, *, min_pixels: int = VIDEO_MIN_PIXELS, max_pi
     return max(min(max_pixels, total_pixels / max(n_frames, 1) * TEMPORAL_PATCH_SIZE), int(min_pixels * 1.05))
 
 
-def _cubic_aa(x: np.ndarray) -> np.ndarray:
-    """Keys' cubic with a = -0.5, evaluated in float32 as torch's aa_filter."""
-    f = np.float32
-    x = np.abs(x).astype(f)
-    a = f(-0.5)
-    near = ((a + f(2)) * x - (a + f(3))) * x * x + f(1)
-    far = ((a * x - f(5) * a) * x + f(8) * a) * x - f(4) * a
-    return np.where(x < 1, near, np.where(x < 2, far, f(0))).astype(f)
-
-
-@functools.lru_cache(maxsize=64)
-def _aa_weights(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] float32 antialiased bicubic weights, as torch's separable `_upsample_bicubic2d_aa`.
-
-    Each output centre (i + 0.5) * scale reads the inputs within 2 * max(scale, 1) of it, weighted by the
-    a = -0.5 cubic stretched by the scale when downsampling, normalised to sum to one. Computed in
-    float32 where torch does: float64 weights move outputs by up to 0.01 and flip ~1% of roundings.
-    """
-    f = np.float32
-    scale = f(n_in) / f(n_out)
-    support = f(2.0 * float(scale)) if scale >= 1 else f(2.0)
-    inv = f(1.0 / float(scale)) if scale >= 1 else f(1.0)
-    w = np.zeros((n_out, n_in), f)
-    for i in range(n_out):
-        centre = f(float(scale) * (i + 0.5))
-        lo = max(int(float(centre - support) + 0.5), 0)
-        hi = min(int(float(centre + support) + 0.5), n_in)
-        j = np.arange(lo, hi)
-        k = _cubic_aa((((j.astype(f) - centre).astype(np.float64) + 0.5) * float(inv)).astype(f))
-        total = f(0)
-        for v in k:  # torch sums the taps in order, in float32
-            total = f(total + v)
-        w[i, lo:hi] = k / total if total != 0 else k
-    w.setflags(write=False)
-    return w
-
-
 def resize_frames_tv(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize uint8 frames [T, H, W, 3] as torchvision `resize(..., BICUBIC, antialias=True)` on uint8.
 
-    torchvision computes in float32 (width pass, then height pass), clamps to [0, 255] and rounds half
-    to even; this does the same with the weights of `_aa_weights`. Against torch's
-    `interpolate(mode="bicubic", antialias=True)` on real 720p and 640x272 frames the float outputs
-    differ by <= 2e-4 (summation order) and ~1 value in 10,000 rounds the other way, by 1
-    (tests/test_video.py).
+    Bit for bit what torch's CPU kernel computes, float32 values before rounding included
+    (`svlm_jax.tv_resize`): the original's resize of every frame it streams and trains on.
     """
     frames = _check_frames(frames)
-    t, h, w, c = frames.shape
-    if (h, w) == (height, width):
+    if frames.shape[1:3] == (height, width):
         return frames
-    ww, wh = _aa_weights(w, width), _aa_weights(h, height)  # [width, w], [height, h]
-    x = frames.astype(np.float32)
-    x = np.einsum("thwc,vw->thvc", x, ww, optimize=True)  # [T, H, width, 3]
-    x = np.einsum("thvc,uh->tuvc", x, wh, optimize=True)  # [T, height, width, 3]
-    return np.rint(np.clip(x, 0, 255)).astype(np.uint8)
+    return tv_resize.resize_tv(frames, height, width)
 
 
 RESIZERS = {"torchvision": resize_frames_tv, "pil": resize_frames}
