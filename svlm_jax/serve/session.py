@@ -32,6 +32,7 @@ class Session:
         self.client, self.source, self.query = client, dict(source), query
         self.slot: int | None = None
         self.origin: float | None = None
+        self.ready_at = 0.0  # monotonic time of "ready": a camera frame's time stamp is checked against it
         self.entries: list[dict[str, Any]] = []
         self.seconds = self.skipped = self.questions = 0
         self.error: dict[str, Any] | None = None
