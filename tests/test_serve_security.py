@@ -110,17 +110,18 @@ def server(model, media, web):
     port = web.rsplit(":", 1)[1]
     cfg = ServerConfig(**BASE, sessions_per_client=3, source_roots=(str(media),),
                        allow_urls=(f"{web}/public/", f"http://localhost:{port}/named/"),
-                       allowed_origins=("http://friend.example",))
+                       allowed_origins=("http://friend.example",), trusted_proxies=("127.0.0.9",))
     with ThreadedServer(cfg, streamer(model)) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def strict(model):
-    """Defaults for sources, one session per client, small upload limits, 3 wrong tokens a minute, and a clock
-    allowance so loose that a second only the model's step can refuse gets through the protocol."""
+    """Defaults for sources, one session per client, small upload limits, 3 wrong tokens a minute, 2 s for the
+    start message, and a clock allowance so loose that a second only the model's step can refuse gets through
+    the protocol."""
     cfg = ServerConfig(**BASE, sessions_per_client=1, clock_ahead_s=1e30, max_upload_bytes=200_000,
-                       uploads_per_client=2, upload_ttl_s=1.0, auth_failures_per_min=3)
+                       uploads_per_client=2, upload_ttl_s=1.0, auth_failures_per_min=3, start_timeout_s=2.0)
     with ThreadedServer(cfg, streamer(model)) as srv:
         yield srv
 
@@ -422,6 +423,12 @@ def test_origins_forwarded_for_and_tokens(server, strict):
         a.start()
         err, _ = error_of(strict, additional_headers={"X-Forwarded-For": "10.1.2.3"})
         assert err["code"] == "client_limit"
+    # From a --trust-proxy address it names the client, and only there.
+    for source, expect in (("127.0.0.9", "10.9.9.9"), ("127.0.0.10", "127.0.0.10")):
+        with Client(server.ws_url, TOKEN, source_address=(source, 0),
+                    additional_headers={"X-Forwarded-For": "10.9.9.9"}) as c:
+            sid = c.start()["session"]
+            assert server.state.registry.live[sid].client == expect
     # Wrong tokens are throttled per address (3 a minute here): then even the right one is refused.
     other = {"source_address": ("127.0.0.7", 0)}
     for _ in range(3):
@@ -439,21 +446,49 @@ def test_origins_forwarded_for_and_tokens(server, strict):
     from experiments.serve import _token, parse_args
     generated = _token(parse_args(["--ckpt", "x"]))
     assert len(generated) >= 24 and generated != _token(parse_args(["--ckpt", "x"]))  # >= 144 random bits
-    # A token in a URL is neither accepted nor logged.
-    access, handler = logging.getLogger("uvicorn.access"), _Records()
-    level = access.level
-    access.setLevel(logging.INFO)
-    access.addHandler(handler)
+    # A token in a URL is neither accepted nor logged (HTTP access lines, WebSocket handshakes).
+    loggers, handler = [logging.getLogger(n) for n in ("uvicorn.access", "uvicorn.error")], _Records()
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
     try:
         status, _ = get(f"{strict.url}/health?token={TOKEN}")
         assert get(f"{strict.url}/api/sessions/x/transcript.vtt?token={TOKEN}")[0] == 401 and status == 200
+        with Client(f"{strict.ws_url}?token={TOKEN}", TOKEN) as c:
+            assert c.start()["type"] == "ready"
     finally:
-        access.removeHandler(handler)
-        access.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
     lines = [r.getMessage() for r in handler.records]
-    assert len(lines) == 2 and not any(TOKEN in ln for ln in lines) and "token=REDACTED" in lines[0], lines
+    assert not any(TOKEN in ln for ln in lines), lines
+    assert sum("token=REDACTED" in ln for ln in lines) == 3 and any("WebSocket" in ln for ln in lines), lines
     status, body = get(strict.url + "/favicon.ico")
     assert status == 200 and body.startswith(b"<svg")
+
+
+def test_a_silent_socket_is_closed_at_the_start_deadline(strict):
+    with Client(strict.ws_url, TOKEN) as c:  # opens the WebSocket and sends nothing (start_timeout_s=2)
+        with pytest.raises(SessionError, match="No start message within 2 s"):
+            c.until("ready", timeout=30)
+
+
+def test_a_query_over_its_tokens_is_that_clients_error(strict):
+    handler = _Records()
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "svlm_jax.serve")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        with Client(strict.ws_url, TOKEN) as c:  # 200 characters, one token each: over query_tokens (128)
+            with pytest.raises(SessionError, match="query_tokens"):
+                c.start(query="1" * strict.cfg.max_question_chars)
+        with Client(strict.ws_url, TOKEN) as c:  # the slot went back: the next session gets it
+            assert c.start()["type"] == "ready"
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    assert not [r for r in handler.records if r.exc_info or r.levelno >= logging.ERROR], handler.records
 
 
 def test_a_long_question_is_rejected_and_the_session_goes_on(server):

@@ -143,8 +143,12 @@ class Engine:
         try:
             if kind == "open":
                 if self.st.free_slots:
-                    slot = self.st.open(query=s.query, stream_id=s.stream_id) if s.query is not None \
-                        else self.st.open(stream_id=s.stream_id)
+                    try:
+                        slot = self.st.open(query=s.query, stream_id=s.stream_id) if s.query is not None \
+                            else self.st.open(stream_id=s.stream_id)
+                    except ValueError as e:  # the client's query does not fit query_tokens: its error, not ours
+                        arg.set_exception(ProtocolError("question", f"The query does not fit: {e}"))
+                        return
                     with self._cv:
                         s.slot = slot
                         self._by_slot[slot] = s

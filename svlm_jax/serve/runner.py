@@ -18,8 +18,9 @@ _TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&;])[^=&;]*token[^=&;]*=)[^&;\s]*")
 
 
 class RedactTokens(logging.Filter):
-    """Blanks the value of any query parameter named like "token" in uvicorn's access-log lines (the server
-    reads tokens from headers and messages only, but a client may still put one in a URL)."""
+    """Blanks the value of any query parameter named like "token" in uvicorn's log lines (HTTP access lines and
+    WebSocket handshakes): the server reads tokens from headers and messages only, but a client may still put
+    one in a URL."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
@@ -42,9 +43,10 @@ def uvicorn_config(app, *, log_level: str = "info", **kw) -> uvicorn.Config:
     config = uvicorn.Config(app, http=http, ws=ws, ws_max_size=ws_max_size(cfg), log_level=log_level, lifespan="on",
                             proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
                             timeout_keep_alive=5, **kw)
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactTokens) for f in access.filters):
-        access.addFilter(RedactTokens())
+    for name in ("uvicorn.access", "uvicorn.error"):  # HTTP requests; WebSocket handshakes ("accepted")
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
     return config
 
 
