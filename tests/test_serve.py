@@ -325,11 +325,16 @@ def test_registry_limits_sessions_per_client():
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     from experiments.serve import main
+    empty = tmp_path / "token"
+    empty.write_text("\n")
     for argv, match in [(["--ckpt", str(tmp_path / "nope")], "does not exist"),
                         (["--ckpt", str(tmp_path), "--frame", "100x100"], "multiples of 28"),
                         (["--ckpt", str(tmp_path), "--frame", "big"], "is not HxW"),
                         (["--ckpt", str(tmp_path), "--token", "short-token"], "at least 16 characters"),
-                        (["--ckpt", str(tmp_path), "--port", "99999"], "--port 99999")]:
+                        (["--ckpt", str(tmp_path), "--port", "99999"], "--port 99999"),
+                        (["--ckpt", str(tmp_path), "--source-root", str(tmp_path / "nope")], "--source-root"),
+                        (["--ckpt", str(tmp_path), "--allow-url", "ftp://x/"], "--allow-url 'ftp://x/'"),
+                        (["--ckpt", str(tmp_path), "--token-file", str(empty)], "holds no token")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("python -m experiments.serve: error:") and match in err, err

@@ -34,7 +34,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "message_too_large": (4413, "send shorter messages"),
     "bad_frame": (4400, "send a timestamped JPEG frame"),
     "rate": (4408, "send fewer frames per second"),
-    "question": (4400, "ask a shorter, non-empty question"),
+    "question": (4400, "send a shorter query (a question that does not fit is only rejected)"),
     "source": (4404, "stream your camera or upload the file, or ask the operator which sources are allowed"),
     "slow_client": (4408, "read the server's messages as they come"),
     "internal": (1011, "report this to the server's operator"),

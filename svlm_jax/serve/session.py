@@ -27,7 +27,7 @@ class Session:
 
     def __init__(self, client: str, source: dict[str, str], query: str | None, loop: asyncio.AbstractEventLoop,
                  outbox_max: int):
-        self.id = secrets.token_hex(6)
+        self.id = secrets.token_hex(16)  # 128 bits: knowing the token, one still cannot guess a transcript
         self.stream_id = next(Session._ids)  # seeds the session's sampler
         self.client, self.source, self.query = client, dict(source), query
         self.slot: int | None = None
