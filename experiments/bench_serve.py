@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     cfg = ModelConfig.preset(args.preset, dtype=dtype)
-    server_cfg = ServerConfig(token="bench-token", max_sessions=max(counts), sessions_per_client=max(counts),
+    server_cfg = ServerConfig(token="bench-token-0123456789", max_sessions=max(counts), sessions_per_client=max(counts),
                               fps=args.fps, frame_hw=frame, batch_wait_s=args.batch_wait)
     scfg = StreamConfig(vision_window=args.vision_window, text_sink=args.text_sink, text_window=args.text_window,
                         max_new_tokens=args.max_new_tokens, vision_tokens=server_cfg.vision_tokens,

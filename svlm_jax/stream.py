@@ -37,6 +37,7 @@ import numpy as np
 
 from svlm_jax.cache import CacheFull, HostStream, StreamCache, StreamConfig, cache_bytes, init_cache, tree_bytes
 from svlm_jax.config import ModelConfig
+from svlm_jax.errors import StreamInputError
 from svlm_jax.layers import apply_rotary
 from svlm_jax.model import Qwen25VL
 from svlm_jax.prompt import (DEFAULT_QUERY, DEFAULT_SYSTEM, SILENCE, build_prefix, build_round, encode_previous,
@@ -462,6 +463,7 @@ class Streamer:
             self.queries.append(q)
             self._prefixes.append(pre)
         self._open = [True] * batch
+        self._last_t1: list[float | None] = [None] * batch  # each stream's last stepped t1 (`_check_seconds`)
         self._questions: list[collections.deque[_Question]] = [collections.deque() for _ in range(batch)]
         # Commit the cache to the params' device: jit keys on committedness, and the cache that comes back
         # from a step is committed, so an uncommitted first cache would compile every step twice.
@@ -715,6 +717,65 @@ class Streamer:
         return buf
 
     # ---------------------------------------------------------------- one second
+    def _check_seconds(self, seconds: Sequence[Any | None]) -> None:
+        """Refuse a second that cannot be stepped before any state changes; StreamInputError names its stream.
+
+        Per stream: finite time stamps t0 < t1 that do not go back before the stream's previous second,
+        pixel_values [N, patch_dim] that match grid_thw, vision tokens within StreamConfig.vision_tokens,
+        and the round's text (time stamp, first-second query, queued question) within the row's prompt room.
+        So a batch with one bad stream can be stepped again with None in its place, and the other streams
+        go on exactly as if it had never been there.
+        """
+        cfg, scfg, merge = self.cfg, self.scfg, self.cfg.vision.merge_unit
+        checked: dict[int, tuple[float, float, int, bool]] = {}
+        for b, sec in enumerate(seconds):
+            if sec is None:
+                continue
+            try:
+                t0, t1 = float(sec.t0), float(sec.t1)
+                g = tuple(int(x) for x in np.asarray(sec.grid_thw).reshape(-1)[:3])
+                shape = tuple(np.shape(sec.pixel_values))
+            except (AttributeError, TypeError, ValueError, OverflowError):
+                raise StreamInputError(f"Stream {b}: a second needs numeric t0 and t1, grid_thw and pixel_values "
+                                       f"(a video.Second).", stream=b) from None
+            if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
+                raise StreamInputError(f"Stream {b}: a second's time stamps t0={t0!r}, t1={t1!r} must be finite "
+                                       f"with t0 < t1.", stream=b)
+            first = not self.hosts or self.hosts[b].second == 0
+            last = None if first else self._last_t1[b]
+            if last is not None and t0 < last - 1e-6:
+                raise StreamInputError(f"Stream {b}: a second starting at {t0:g} s comes after one that ended at "
+                                       f"{last:g} s; time stamps must not go back.", stream=b)
+            if len(g) != 3 or min(g) < 1 or shape != (int(np.prod(g)), cfg.vision.patch_dim):
+                raise StreamInputError(f"Stream {b}: pixel_values of shape {shape} do not match grid_thw {g} (need "
+                                       f"({int(np.prod(g)) if g else 0}, {cfg.vision.patch_dim})).", stream=b)
+            n_vis = int(np.prod(g)) // merge
+            if scfg.vision_tokens is not None and n_vis > scfg.vision_tokens:
+                raise StreamInputError(f"Stream {b}: a second of grid {g} has {n_vis} vision tokens but "
+                                       f"StreamConfig.vision_tokens is {scfg.vision_tokens}; raise vision_tokens or "
+                                       f"lower the resolution.", stream=b)
+            if self.mode == "recompute" and self.cache is not None and any(
+                    r is not None and r[1] != g for r in self._window_pixels[b]):
+                raise StreamInputError(f"Stream {b}: recompute mode needs one frame size for the whole window.",
+                                       stream=b)
+            checked[b] = (t0, t1, n_vis, first)
+        vision = scfg.vision_tokens if scfg.vision_tokens is not None else max(
+            (n for _, _, n, _ in checked.values()), default=0)
+        room = scfg.round_tokens + scfg.question_tokens  # the row's prompt slots besides vision and query
+        for b, (t0, t1, n_vis, first) in checked.items():
+            q = self.queries[b] if first else None
+            qa = self._questions[b][0] if self._questions[b] else None
+            rnd = build_round(self.tok, t0, t1, n_vis, query=q,
+                              question=question_text(qa.text, first) if qa else None)
+            text = len(rnd.prompt) - n_vis - (len(self.tok.encode(q)) if q else 0)
+            if text > room + vision - n_vis:  # HostStream.plan's bound on one round
+                raise StreamInputError(f"Stream {b}: the round at {t0:g}-{t1:g} s needs {text} text tokens besides "
+                                       f"vision and query but StreamConfig.round_tokens is {scfg.round_tokens} "
+                                       f"(and question_tokens {scfg.question_tokens}); send time stamps of a few "
+                                       f"digits, a shorter question, or raise round_tokens.", stream=b)
+        for b, (_, t1, _, _) in checked.items():
+            self._last_t1[b] = t1
+
     def step(self, seconds: Sequence[Any | None], force: Sequence[Sequence[int] | None] | None = None
              ) -> list[Comment | None]:
         """Advance every stream by one second and return its commentary (None for streams given None).
@@ -731,6 +792,7 @@ class Streamer:
             if sec is not None and not self._open[b]:
                 raise ValueError(f"step got a second for slot {b}, which holds no session; open it first or pass "
                                  f"None there.")
+        self._check_seconds(seconds)
         cfg, merge = self.cfg, self.cfg.vision.merge_unit
         if self.cache is None:  # vision_tokens=None: size the rows to the first second's frames
             sizes = [int(np.prod(np.asarray(s.grid_thw).reshape(-1)[:3])) // merge for s in seconds if s is not None]

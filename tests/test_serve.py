@@ -4,6 +4,7 @@ Sessions join and leave a running batch and each one's greedy commentary (and an
 `Streamer` run on the same seconds; nothing compiles after the first second; bad clients get one JSON
 error each while another session goes on; a burst of seconds is skipped, not queued.
 """
+import dataclasses
 import json
 import os
 import socket
@@ -29,7 +30,7 @@ from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 from tests.model_fixtures import random_params
 
 CFG = ModelConfig.tiny()
-TOKEN = "test-token-123"
+TOKEN = "test-token-0123456789"
 SERVER = ServerConfig(token=TOKEN, max_sessions=3, sessions_per_client=3, fps=2, frame_hw=(56, 56),
                       max_client_fps=1000, batch_wait_s=0.3, max_frame_bytes=20_000)
 SCFG = StreamConfig(vision_window=2, text_sink=8, text_window=8, max_new_tokens=4,
@@ -50,8 +51,15 @@ def new_streamer(model, batch):
 
 
 @pytest.fixture(scope="module")
-def server(model):
-    with ThreadedServer(SERVER, new_streamer(model, SERVER.max_sessions)) as srv:
+def media(tmp_path_factory):
+    """The one directory whose files the module's server may stream (--source-root)."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="module")
+def server(model, media):
+    cfg = dataclasses.replace(SERVER, source_roots=(str(media),))
+    with ThreadedServer(cfg, new_streamer(model, SERVER.max_sessions)) as srv:
         yield srv
 
 
@@ -157,7 +165,7 @@ def expect_error(server, code, *, start=True, source=None, send=None, token=TOKE
     return errors[0]
 
 
-def test_bad_clients_get_one_error_and_another_session_goes_on(server, model, tmp_path):
+def test_bad_clients_get_one_error_and_another_session_goes_on(server, model, media):
     jpegs = frames_of(10, 12)  # one second before the bad clients, one after each, one at the end
     good = Client(server.ws_url, TOKEN)
     good.start()
@@ -177,11 +185,12 @@ def test_bad_clients_get_one_error_and_another_session_goes_on(server, model, tm
         ("bad_frame", dict(send=[pack_frame(0.0, b"garbage, not a JPEG at all")])),
         ("bad_frame", dict(send=[b"\x01\x02"])),
         ("source", dict(source={"kind": "url", "url": f"rtsp://127.0.0.1:{port}/live"})),
-        ("source", dict(source={"kind": "url", "url": str(tmp_path / "missing.mp4")})),
+        ("source", dict(source={"kind": "url", "url": str(media / "missing.mp4")})),
         ("source", dict(source={"kind": "upload", "id": "0123abcd"})),
         ("protocol", dict(send=["{not json"])),
         ("protocol", dict(start=False, send=[pack_frame(0.0, jpegs[0][0])])),
-        ("question", dict(send=[json.dumps({"type": "ask", "text": "x" * (SERVER.max_question_chars + 1)})])),
+        ("question", dict(send=[json.dumps({"type": "start", "token": TOKEN, "source": {"kind": "camera"},
+                                            "query": "x" * (SERVER.max_question_chars + 1)})], start=False)),
     ]
     for code, kw in cases:
         err = expect_error(server, code, **kw)
@@ -225,8 +234,8 @@ def test_a_burst_is_skipped_not_queued(server):
     assert t0s[-1] == n - 1  # the newest second is never the one dropped
 
 
-def test_file_url_and_upload_sources(server, tmp_path):
-    video = write_synthetic(str(tmp_path / "clip.mp4"), 2.5, rate=8)
+def test_file_url_and_upload_sources(server, media):
+    video = write_synthetic(str(media / "clip.mp4"), 2.5, rate=8)
     req = urllib.request.Request(server.url + "/api/upload", data=open(video, "rb").read(), method="POST",
                                  headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(req) as r:
@@ -238,13 +247,13 @@ def test_file_url_and_upload_sources(server, tmp_path):
         u.start({"kind": "upload", "id": uid})
         ends = [f.until("end"), u.until("end")]
     for c, end in zip((f, u), ends):
-        # Paced to real time: three seconds, the last one partial (2.5 s). A step slower than a second on a
-        # busy machine may skip one; then it is counted.
+        # Paced to real time: three seconds (2.5 s, the original's frame picking ends with a full second). A
+        # step slower than a second on a busy machine may skip one; then it is counted.
         comments = {m["t0"]: m for m in c.messages if m["type"] == "comment"}
         skipped = {m["t0"] for m in c.messages if m["type"] == "skipped"}
         assert set(comments) | skipped == {0.0, 1.0, 2.0}, c.messages
         assert end["seconds"] == len(comments) and end["skipped"] == len(skipped) and c.previews == 3
-        assert comments[2.0]["partial"] and not comments[1.0 if 1.0 in comments else 0.0]["partial"]
+        assert not comments[1.0 if 1.0 in comments else 0.0]["partial"]
     if not any(m["type"] == "skipped" for m in f.messages + u.messages):  # then they saw the same seconds
         assert [m["text"] for m in f.messages if m["type"] == "comment"] == \
             [m["text"] for m in u.messages if m["type"] == "comment"]
@@ -272,18 +281,20 @@ def test_assembler_buckets_pads_and_refuses_time_going_back():
 def test_protocol_parsing():
     kw = dict(max_bytes=1000, max_question_chars=10)
     assert parse_text('{"type":"ask","text":" hi "}', **kw).text == "hi"
+    assert parse_text('{"type":"ask","text":"' + "a" * 20 + '"}', **kw).text == "a" * 20  # the session rejects it
     for raw, code in [('{"type":"start","source":{"kind":"camera"}}', "auth"),
                       ('{"type":"start","token":"x","source":{"kind":"tv"}}', "protocol"),
                       ('{"type":"start","token":"x","source":{"kind":"url"}}', "protocol"),
-                      ('{"type":"ask","text":""}', "question"), ('[1]', "protocol"), ('{"type":"dance"}', "protocol"),
+                      ('{"type":"ask","text":3}', "protocol"), ('[1]', "protocol"), ('{"type":"dance"}', "protocol"),
                       ('{"type":"ask","text":"' + "a" * 2000 + '"}', "message_too_large")]:
         with pytest.raises(ProtocolError) as e:
             parse_text(raw, **kw)
         assert e.value.code == code, raw
     assert parse_frame(pack_frame(1.5, b"jpeg"), max_bytes=10) == (1.5, b"jpeg")
-    for data in (pack_frame(float("nan"), b"j"), pack_frame(-1.0, b"j"), pack_frame(0.0, b"")):
+    for data in (pack_frame(float("nan"), b"j"), pack_frame(-1.0, b"j"), pack_frame(0.0, b""),
+                 pack_frame(1e300, b"j"), pack_frame(1.5, b"j")):
         with pytest.raises(ProtocolError):
-            parse_frame(data, max_bytes=10)
+            parse_frame(data, max_bytes=10, after=1.5, latest=100.0)
 
 
 def test_transcript_formats():
@@ -314,10 +325,16 @@ def test_registry_limits_sessions_per_client():
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     from experiments.serve import main
+    empty = tmp_path / "token"
+    empty.write_text("\n")
     for argv, match in [(["--ckpt", str(tmp_path / "nope")], "does not exist"),
                         (["--ckpt", str(tmp_path), "--frame", "100x100"], "multiples of 28"),
                         (["--ckpt", str(tmp_path), "--frame", "big"], "is not HxW"),
-                        (["--ckpt", str(tmp_path), "--token", "short"], "at least 8 characters")]:
+                        (["--ckpt", str(tmp_path), "--token", "short-token"], "at least 16 characters"),
+                        (["--ckpt", str(tmp_path), "--port", "99999"], "--port 99999"),
+                        (["--ckpt", str(tmp_path), "--source-root", str(tmp_path / "nope")], "--source-root"),
+                        (["--ckpt", str(tmp_path), "--allow-url", "ftp://x/"], "--allow-url 'ftp://x/'"),
+                        (["--ckpt", str(tmp_path), "--token-file", str(empty)], "holds no token")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("python -m experiments.serve: error:") and match in err, err

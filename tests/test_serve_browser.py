@@ -1,10 +1,12 @@
 """The page in a real browser: Playwright drives Debian's Chromium with a fake camera against a real server.
 
 It opens the page with the token in the URL fragment, starts a camera session, sees commentary arrive,
-asks a question, sees the answer, and saves a screenshot. `.ci/run` installs chromium (apt) and
+has an over-long question rejected while the session goes on, asks a question, sees the answer, sees the
+caption cleared by a silent second, and saves a screenshot. `.ci/run` installs chromium (apt) and
 playwright (pip); Playwright's own browser download is never used.
 """
 import itertools
+import math
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -19,7 +21,7 @@ from svlm_jax.tokenizer import ChatTokenizer, word_level_tokenizer
 from tests.model_fixtures import random_params
 
 CFG = ModelConfig.tiny()
-TOKEN = "browser-token-123"
+TOKEN = "browser-token-0123456789"
 # The same shapes as tests/test_serve.py, so the step compiled there is reused in this process.
 SERVER = ServerConfig(token=TOKEN, max_sessions=3, fps=2, frame_hw=(56, 56), batch_wait_s=0.3)
 SCFG = StreamConfig(vision_window=2, text_sink=8, text_window=8, max_new_tokens=4,
@@ -35,11 +37,28 @@ def pseudo_words(n):
     return [a + b for a, b in itertools.islice(itertools.product(syllables, syllables), n)]
 
 
+def coin_flip_params(params, eos_id, p_stop=0.5, big=1000.0):
+    """The random params changed so that every token is <|im_end|> with probability ~p_stop and otherwise
+    uniform over the rest, whatever the context: so about half the seconds are silent, at random.
+
+    Every token embedding gets `big` in dimension 0, which then dominates the residual stream and its final
+    RMSNorm (n_0 ~ sqrt(D), the rest ~0). The embeddings are tied, so each logit is ~sqrt(D) * E[v, 0]: the
+    same for every token but <|im_end|>, whose E[eos, 0] is higher by the margin that gives it p_stop.
+    """
+    emb = params["text"]["embed_tokens"]["embedding"]  # [V, D]
+    v, d = emb.shape
+    margin = math.log(p_stop / (1 - p_stop) * (v - 1)) / math.sqrt(d)
+    emb = emb.at[:, 0].set(big).at[eos_id, 0].add(margin)
+    return {**params, "text": {**params["text"], "embed_tokens": {"embedding": emb}}}
+
+
 @pytest.fixture(scope="module")
 def server():
-    params = random_params(CFG)
+    params = coin_flip_params(random_params(CFG), CFG.eos_token_id)
     tok = ChatTokenizer.from_tokenizer(word_level_tokenizer(pseudo_words(956), CFG))
-    st = Streamer(CFG, params, tok, SCFG, sampling=SamplingConfig(temperature=1.0), batch=SERVER.max_sessions)
+    # No repetition penalty: it would scale the (huge, equal) logits of tokens already seen.
+    st = Streamer(CFG, params, tok, SCFG, sampling=SamplingConfig(temperature=1.0, repetition_penalty=1.0),
+                  batch=SERVER.max_sessions)
     with ThreadedServer(SERVER, st) as srv:
         yield srv
 
@@ -56,13 +75,37 @@ def test_page_commentates_the_camera_and_answers(server, tmp_path):
             page.click("#start")
             page.wait_for_function("document.querySelectorAll('#transcript li').length >= 2", timeout=120_000)
             assert page.text_content("#status") == "live"
+            # The box holds at most the server's limit; a longer question sent anyway is rejected, not fatal.
+            assert page.eval_on_selector("#question", "el => el.maxLength") == SERVER.max_question_chars
+            page.eval_on_selector("#question", "(el, n) => { el.value = 'why '.repeat(n); }",
+                                  SERVER.max_question_chars)
+            page.click("#ask-button")
+            page.wait_for_selector("#answers li.rejected", timeout=60_000)
+            n = page.eval_on_selector_all("#transcript li", "els => els.length")
+            page.wait_for_function(f"document.querySelectorAll('#transcript li').length > {n}", timeout=60_000)
+            assert page.text_content("#status") == "live" and page.is_hidden("#error")
             page.fill("#question", "what is happening")
             page.click("#ask-button")
             page.wait_for_selector("#answers li .a", timeout=60_000)
             assert "what is happening" in page.text_content("#answers")
             n = page.eval_on_selector_all("#transcript li", "els => els.length")
             page.wait_for_function(f"document.querySelectorAll('#transcript li').length > {n}", timeout=60_000)
-            assert page.text_content("#caption").strip()  # the latest non-silent commentary
+            # The caption is the latest second's commentary: a silent second right after a spoken one clears it.
+            seen = page.wait_for_function("""() => {
+                const c = [...document.querySelectorAll('#transcript li .c')].map(e => e.textContent);
+                const k = c.length;
+                if (k < 2 || c[k - 1] !== '\u2026' || c[k - 2] === '\u2026') return null;
+                return {caption: document.querySelector('#caption').textContent};
+            }""", timeout=120_000).json_value()
+            assert seen == {"caption": ""}
+            page.wait_for_function("""() => {
+                const c = [...document.querySelectorAll('#transcript li .c')].map(e => e.textContent);
+                return c.length > 10 && c[c.length - 1] !== '\u2026' &&
+                       document.querySelector('#caption').textContent === c[c.length - 1];
+            }""", timeout=120_000)
+            # Numbers from 10 on stay inside the scrolling list's box instead of being clipped at its edge.
+            assert page.eval_on_selector("#transcript li:nth-child(10)",
+                                         "el => getComputedStyle(el).listStylePosition") == "inside"
             assert page.text_content("#lag").endswith(" s") and page.text_content("#step").endswith(" ms")
             page.screenshot(path=str(tmp_path / "serve_page.png"))
             sid = page.text_content("#session")

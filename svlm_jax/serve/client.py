@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
-from websockets.sync.client import connect
+from websockets.sync.client import connect as connect_ws
 
 from svlm_jax.serve.protocol import dumps, pack_frame
 
@@ -23,11 +23,13 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
 class Client:
     """One session over one WebSocket: `start`, then `frame`/`ask`/`stop`, reading with `recv`/`until`.
 
-    ws_url: ws://host:port/ws. Messages that `until` passes over are kept in `messages`.
+    ws_url: ws://host:port/ws. Messages that `until` passes over are kept in `messages`. connect: more
+    arguments for `websockets.sync.client.connect` (origin, additional_headers, source_address, ...).
     """
 
-    def __init__(self, ws_url: str, token: str, *, max_size: int | None = 2 ** 24):
-        self._conn = connect(ws_url, max_size=max_size, open_timeout=30)
+    def __init__(self, ws_url: str, token: str, *, max_size: int | None = 2 ** 24, open_timeout: float = 30,
+                 **connect):
+        self._conn = connect_ws(ws_url, max_size=max_size, open_timeout=open_timeout, **connect)
         self.ws = self._conn.__enter__()  # websockets wants its context manager entered
         self.token = token
         self.messages: list[dict[str, Any]] = []
@@ -100,9 +102,10 @@ class SessionError(RuntimeError):
         self.message = message
 
 
-def get(url: str, token: str | None = None) -> tuple[int, bytes]:
-    """GET url (with the token as a bearer header) -> (status, body)."""
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+def get(url: str, token: str | None = None, *, data: bytes | None = None) -> tuple[int, bytes]:
+    """GET url, or POST `data` to it (with the token as a bearer header) -> (status, body)."""
+    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read()

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from svlm_jax.errors import StreamInputError
 from svlm_jax.serve.metrics import Metrics
 from svlm_jax.serve.protocol import ProtocolError
 from svlm_jax.serve.session import Session
@@ -142,8 +143,12 @@ class Engine:
         try:
             if kind == "open":
                 if self.st.free_slots:
-                    slot = self.st.open(query=s.query, stream_id=s.stream_id) if s.query is not None \
-                        else self.st.open(stream_id=s.stream_id)
+                    try:
+                        slot = self.st.open(query=s.query, stream_id=s.stream_id) if s.query is not None \
+                            else self.st.open(stream_id=s.stream_id)
+                    except ValueError as e:  # the client's query does not fit query_tokens: its error, not ours
+                        arg.set_exception(ProtocolError("question", f"The query does not fit: {e}"))
+                        return
                     with self._cv:
                         s.slot = slot
                         self._by_slot[slot] = s
@@ -193,6 +198,11 @@ class Engine:
         s.send(s.error)
         s.close_socket(err.close_code)
 
+    def _fail_step(self, members: list[Session], e: BaseException) -> None:
+        log.error("the step failed for %d session(s)", len(members), exc_info=e)
+        for s in members:
+            self._fail(s, "internal", f"The model step failed ({type(e).__name__}); the server goes on.")
+
     def _gather(self) -> bool:
         """Wait up to batch_wait_s for the producing sessions' seconds; False if no second is ready."""
         with self._cv:
@@ -221,14 +231,28 @@ class Engine:
         return (seconds, members) if members else None
 
     def _step(self, seconds: list, members: list[Session]) -> None:
+        """One batched step. A second that one session's input made unsteppable (StreamInputError, raised before
+        the Streamer changes any state) ends that session alone, and the step runs again for the others; any
+        other failure is the server's: logged with its traceback, it ends this step's sessions with "internal"."""
         t0 = self.clock()
-        try:
-            comments = self.st.step(seconds)
-        except Exception as e:  # noqa: BLE001 - fail the sessions of this step, keep serving
-            log.exception("step failed")
-            for s in members:
-                self._fail(s, "internal", f"The model step failed ({type(e).__name__}: {e}).")
-            return
+        while True:
+            try:
+                comments = self.st.step(seconds)
+                break
+            except StreamInputError as e:
+                bad = next((s for s in members if s.slot == e.stream), None)
+                if bad is None:  # not tied to one of this step's sessions: a server error
+                    self._fail_step(members, e)
+                    return
+                log.info("session %s: its second could not be stepped: %s", bad.id, e)
+                members.remove(bad)
+                seconds[bad.slot] = None
+                self._fail(bad, "bad_frame", f"This session's second cannot be commentated ({e}).")
+                if not members:
+                    return
+            except Exception as e:  # noqa: BLE001 - fail the sessions of this step, keep serving
+                self._fail_step(members, e)
+                return
         now = self.clock()
         self.last_step_s = now - t0
         self.steps += 1

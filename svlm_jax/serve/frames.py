@@ -1,8 +1,8 @@
 """Frames in, `video.Second`s out: JPEG decoding and per-second assembly of timestamped frames.
 
-Every frame is resized to the server's fixed frame size with the original's resize (torchvision's antialiased
-bicubic, `video.resize_frames_tv`), so every session's seconds have one vision grid and the compiled step
-never sees a new shape.
+Every frame is resized to the server's fixed frame size with the checkpoint's resize (by default the original's,
+torchvision's antialiased bicubic, `video.resize_frames_tv`), so every session's seconds have one vision grid and
+the compiled step never sees a new shape.
 """
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ import numpy as np
 from PIL import Image
 
 from svlm_jax.serve.protocol import ProtocolError
-from svlm_jax.video import Second, patchify_video, resize_frames_tv
+from svlm_jax.video import Second, patchify_video, resize_with
 
 MAX_SOURCE_PIXELS = 4096 * 4096  # a larger "JPEG" is refused before it is decoded (decompression bombs)
 _EPS = 1e-6
 
 
-def decode_jpeg(data: bytes, frame_hw: tuple[int, int]) -> np.ndarray:
-    """JPEG bytes -> uint8 RGB [h, w, 3] at frame_hw = (h, w); anything undecodable raises ProtocolError."""
+def decode_jpeg(data: bytes, frame_hw: tuple[int, int], resize: str = "torchvision") -> np.ndarray:
+    """JPEG bytes -> uint8 RGB [h, w, 3] at frame_hw = (h, w), resized with `resize` (`video.RESIZERS`, the
+    checkpoint's); anything undecodable raises ProtocolError."""
     h, w = frame_hw
     try:
         with warnings.catch_warnings():
@@ -36,7 +37,7 @@ def decode_jpeg(data: bytes, frame_hw: tuple[int, int]) -> np.ndarray:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise ProtocolError("bad_frame", f"A frame is not a decodable JPEG ({type(e).__name__}).") from None
-    return resize_frames_tv(rgb[None], h, w)[0]  # the original's resize (antialiased bicubic), as in training
+    return resize_with(resize)(rgb[None], h, w)[0]  # as in training
 
 
 def make_second(index: int, frames: list[np.ndarray], fps: int, *, partial: bool = False,

@@ -36,7 +36,8 @@ LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    """Sessions, step latency, lag behind real time, skipped seconds, questions, errors and compiles."""
+    """Sessions, step latency, lag behind real time, skipped seconds, questions, errors, compiles, connections
+    and uploads."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -58,6 +59,11 @@ class Metrics:
         self.skipped = Counter("svlm_skipped_seconds", "Seconds dropped because the step fell behind",
                                registry=r)
         self.questions = Counter("svlm_questions", "Questions asked", registry=r)
+        self.connections = Gauge("svlm_connections_open", "Open TCP connections (HTTP and WebSocket)", registry=r)
+        self.connections_max = Gauge("svlm_connections_max", "Open TCP connections allowed at once", registry=r)
+        self.connections_refused = Counter("svlm_connections_refused", "TCP connections closed before a request "
+                                           "was served", ["reason"], registry=r)
+        self.uploads = Gauge("svlm_uploads", "Uploads held on disk", registry=r)
         Gauge("svlm_jit_compiles", "XLA compilations in this process", registry=r).set_function(compile_count)
 
     def render(self) -> bytes:

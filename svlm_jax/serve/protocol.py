@@ -4,10 +4,12 @@ Client to server (docs/SERVING.md has examples):
   text   {"type": "start", "token": str, "source": {...}, "query"?: str}   first message, exactly once
          source: {"kind": "camera"} | {"kind": "url", "url": str} | {"kind": "upload", "id": str}
   text   {"type": "ask", "text": str}                                      a question for the next second
+                                                                            (one that does not fit: "rejected")
   text   {"type": "stop"}                                                  finish the open second and end
-  binary 8-byte little-endian float64 t (seconds since the session's first frame) + one JPEG frame
-         (camera sessions only)
-Server to client: JSON text messages whose "type" is ready, comment, answer, skipped, end or error;
+  binary 8-byte little-endian float64 t (seconds of the session's video) + one JPEG frame (camera
+         sessions only); t is finite, >= 0, increasing, and at most `clock_ahead_s` ahead of the wall
+         time since the session became ready
+Server to client: JSON text messages whose "type" is ready, comment, answer, skipped, rejected, end or error;
 and, for server-side sources, binary JPEG previews of the second just read.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ SOURCE_KINDS = ("camera", "url", "upload")
 # code -> (WebSocket close code, what the client should do). 4000-4999 are application close codes.
 ERRORS: dict[str, tuple[int, str]] = {
     "auth": (4401, "pass the token the server printed at start"),
+    "throttled": (4429, "wait a minute: this address sent too many wrong tokens"),
     "full": (4429, "try again when a session ends"),
     "client_limit": (4429, "end one of your sessions first"),
     "protocol": (4400, "see docs/SERVING.md for the message formats"),
@@ -31,8 +34,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "message_too_large": (4413, "send shorter messages"),
     "bad_frame": (4400, "send a timestamped JPEG frame"),
     "rate": (4408, "send fewer frames per second"),
-    "question": (4400, "ask a shorter, non-empty question"),
-    "source": (4404, "check that the source exists and is reachable"),
+    "question": (4400, "send a shorter query (a question that does not fit is only rejected)"),
+    "source": (4404, "stream your camera or upload the file, or ask the operator which sources are allowed"),
     "slow_client": (4408, "read the server's messages as they come"),
     "internal": (1011, "report this to the server's operator"),
 }
@@ -107,19 +110,21 @@ def parse_text(raw: str, *, max_bytes: int, max_question_chars: int) -> Start | 
                      query=query)
     if kind == "ask":
         text = msg.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ProtocolError("question", "A question must be a non-empty string in \"text\".")
-        if len(text) > max_question_chars:
-            raise ProtocolError("question", f"A question of {len(text)} characters exceeds the limit of "
-                                            f"{max_question_chars}.")
-        return Ask(text=text.strip())
+        if not isinstance(text, str):
+            raise ProtocolError("protocol", "An ask message needs a string \"text\".")
+        return Ask(text=text.strip())  # an empty or too long one is rejected by the session, which goes on
     if kind == "stop":
         return Stop()
     raise ProtocolError("protocol", f"Unknown message type {kind!r}; use start, ask or stop.")
 
 
-def parse_frame(data: bytes, *, max_bytes: int) -> tuple[float, bytes]:
-    """Split a binary frame message -> (t seconds, JPEG bytes); a bad size or time raises ProtocolError."""
+def parse_frame(data: bytes, *, max_bytes: int, after: float = -math.inf, latest: float = math.inf
+                ) -> tuple[float, bytes]:
+    """Split a binary frame message -> (t seconds, JPEG bytes); a bad size or time raises ProtocolError.
+
+    t must be finite, >= 0, above `after` (the session's previous frame) and at most `latest` (the session's
+    wall clock plus its allowance), so a client cannot stamp a second the model cannot place.
+    """
     if len(data) > max_bytes + FRAME_HEADER.size:
         raise ProtocolError("frame_too_large", f"A frame of {len(data) - FRAME_HEADER.size} bytes exceeds the "
                                                f"limit of {max_bytes} bytes.")
@@ -129,6 +134,12 @@ def parse_frame(data: bytes, *, max_bytes: int) -> tuple[float, bytes]:
     (t,) = FRAME_HEADER.unpack_from(data)
     if not math.isfinite(t) or t < 0:
         raise ProtocolError("bad_frame", f"A frame's timestamp {t!r} is not a finite number of seconds >= 0.")
+    if t <= after:
+        raise ProtocolError("bad_frame", f"Frame timestamps must increase: {t:.3f} s came after {after:.3f} s.")
+    if t > latest:
+        raise ProtocolError("bad_frame", f"A frame stamped {t:.3f} s is ahead of the session's clock (at most "
+                                         f"{latest:.3f} s now); stamp frames with the time since the session "
+                                         f"started.")
     return t, data[FRAME_HEADER.size:]
 
 

@@ -27,11 +27,12 @@ class Session:
 
     def __init__(self, client: str, source: dict[str, str], query: str | None, loop: asyncio.AbstractEventLoop,
                  outbox_max: int):
-        self.id = secrets.token_hex(6)
+        self.id = secrets.token_hex(16)  # 128 bits: knowing the token, one still cannot guess a transcript
         self.stream_id = next(Session._ids)  # seeds the session's sampler
         self.client, self.source, self.query = client, dict(source), query
         self.slot: int | None = None
         self.origin: float | None = None
+        self.ready_at = 0.0  # monotonic time of "ready": a camera frame's time stamp is checked against it
         self.entries: list[dict[str, Any]] = []
         self.seconds = self.skipped = self.questions = 0
         self.error: dict[str, Any] | None = None

@@ -25,8 +25,9 @@ function setStatus(text) { $("status").textContent = text; }
 function showError(text) { $("error").textContent = text; $("error").hidden = !text; }
 function fmt(t) { return t.toFixed(0) + "–" + (t + 1).toFixed(0) + " s"; }
 
-function addItem(list, parts) {
+function addItem(list, parts, cls) {
   const li = document.createElement("li");
+  if (cls) li.className = cls;
   for (const [cls, text] of parts) {
     const span = document.createElement("span");
     span.className = cls;
@@ -49,13 +50,15 @@ function onMessage(ev) {
   const m = JSON.parse(ev.data);
   if (m.type === "ready") {
     session = m.session; fps = m.fps;
+    // The server's limit, so a question that could never be asked cannot be typed.
+    if (m.limits && m.limits.max_question_chars) $("question").maxLength = m.limits.max_question_chars;
     $("session").textContent = session;
     setStatus("live");
     for (const id of ["question", "ask-button", "dl-vtt", "dl-jsonl", "stop"]) $(id).disabled = false;
     if (m.source === "camera") startSending();
     if (m.source === "upload" && objectUrl) { $("video").src = objectUrl; $("video").play(); }
   } else if (m.type === "comment") {
-    if (m.text) $("caption").textContent = m.text;
+    $("caption").textContent = m.text;  // a silent second clears the caption
     addItem("transcript", [["t", fmt(m.t0)], ["c", m.text || "…"]]);
     $("lag").textContent = m.lag_s == null ? "–" : m.lag_s.toFixed(2) + " s";
     $("step").textContent = m.step_ms.toFixed(0) + " ms";
@@ -64,7 +67,7 @@ function onMessage(ev) {
   } else if (m.type === "answer") {
     addItem("answers", [["t", fmt(m.t0)], ["q", m.question + " → "], ["a", m.text || "(no answer)"]]);
   } else if (m.type === "rejected") {
-    addItem("answers", [["t", "not asked"], ["q", m.question + " → "], ["a", m.message]]);
+    addItem("answers", [["t", "not asked"], ["q", m.question + " → "], ["a", m.message]], "rejected");
   } else if (m.type === "skipped") {
     $("skipped").textContent = String(m.total);
   } else if (m.type === "end") {
